@@ -1,0 +1,251 @@
+"""Event schemas, v1: the envelope and the five event types of CONTRACT section 3.
+
+Models are frozen and strict (a JSON string is not an integer), unknown fields are
+rejected, and every limit rejects rather than truncates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
+MAX_MESSAGE_BYTES = 64 * 1024
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not lo <= value <= hi:
+            raise PydanticCustomError(
+                "out_of_range", "must be between {lo} and {hi}", {"lo": lo, "hi": hi}
+            )
+        return value
+
+    return check
+
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Title = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+ChecklistItem = Title
+Text = Annotated[str, StringConstraints(max_length=5000)]
+Rationale = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+Summary = Annotated[str, StringConstraints(max_length=2000)]
+Scope = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+Metric = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+FlagText = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+Dimension = Annotated[int, AfterValidator(_between(0, 5))]
+Severity = Annotated[int, AfterValidator(_between(1, 5))]
+Percent = Annotated[float, AfterValidator(_between(0, 100))]
+Multiplier = Annotated[float, AfterValidator(_between(0.5, 1.2))]
+Timestamp = Annotated[AwareDatetime, Field(strict=False)]
+Day = Annotated[date, Field(strict=False)]
+
+RequestKind = Literal["partner_proposal", "customer_demand", "vendor_support"]
+Ask = Literal[
+    "exclusivity",
+    "price_parity",
+    "mdf",
+    "discount_without_scope_change",
+    "unrealistic_timeline",
+    "cost_cut_quality",
+    "non_compliant",
+    "co_sell",
+    "co_market",
+    "marketplace",
+    "pilot",
+]
+RiskFactor = Literal["regulatory_exposure", "data_handling", "exclusivity", "channel_conflict"]
+Outcome = Literal[
+    "provisional_yes", "conditional_no", "decline", "hold", "scaled", "withdrawn"
+]
+Redirect = Literal["directory", "community", "api_guide", "office_hours", "none"]
+RevisitTrigger = Literal["scheduled", "partner_returned", "pilot_review"]
+EscalationKind = Literal[
+    "complaint",
+    "threat_to_churn",
+    "partner_fired",
+    "abusive_conduct",
+    "unrealistic_demand",
+    "discount_pressure",
+    "non_compliant_request",
+    "scope_creep",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+def _required_for(field: str, outcome: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "required_for_outcome",
+        "{field}: is required when outcome is {outcome}",
+        {"field": field, "outcome": outcome},
+    )
+
+
+class IntakeData(_Strict):
+    request_id: Id
+    kind: RequestKind
+    title: Title
+    description: Text | None = None
+    owner: Id
+    partner_id: Id | None = None
+    customer_id: Id | None = None
+    vendor_id: Id | None = None
+    first_contact_at: Timestamp | None = None
+    icp_overlap_pct: Percent | None = None
+    asks: Annotated[tuple[Ask, ...], Field(strict=False)] = ()
+    value_estimate: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _customer_demand_names_the_customer(self) -> IntakeData:
+        if self.kind == "customer_demand" and self.customer_id is None:
+            raise PydanticCustomError(
+                "required_for_kind",
+                "{field}: is required when kind is {kind}",
+                {"field": "customer_id", "kind": "customer_demand"},
+            )
+        return self
+
+
+class Risk(_Strict):
+    factor: RiskFactor
+    multiplier: Multiplier
+    critical: bool = False
+
+
+class RedFlag(_Strict):
+    flag: FlagText
+    severity: Literal["hard", "soft"]
+
+
+class ScoreData(_Strict):
+    request_id: Id
+    fit: Dimension
+    advantage: Dimension
+    integrity: Dimension
+    readiness: Dimension
+    risks: Annotated[tuple[Risk, ...], Field(strict=False)] = ()
+    red_flags: Annotated[tuple[RedFlag, ...], Field(strict=False)] = ()
+    notes: Text | None = None
+
+
+class Pilot(_Strict):
+    scope: Scope
+    success_metric: Metric
+    review_on: Day | None = None
+
+
+class DecisionData(_Strict):
+    request_id: Id
+    outcome: Outcome
+    rationale: Rationale
+    checklist: (
+        Annotated[tuple[ChecklistItem, ...], Field(strict=False, min_length=1, max_length=5)]
+        | None
+    ) = None
+    revisit_on: Day | None = None
+    pilot: Pilot | None = None
+    redirect: Redirect | None = None
+
+    @model_validator(mode="after")
+    def _outcome_brings_what_it_needs(self) -> DecisionData:
+        outcome = self.outcome
+        if outcome == "conditional_no" and self.checklist is None:
+            raise _required_for("checklist", outcome)
+        if outcome in ("conditional_no", "hold") and self.revisit_on is None:
+            raise _required_for("revisit_on", outcome)
+        if outcome == "provisional_yes" and self.pilot is None:
+            raise _required_for("pilot", outcome)
+        if self.redirect is not None and outcome != "decline":
+            raise PydanticCustomError(
+                "only_for_decline",
+                "{field}: is only allowed when outcome is decline",
+                {"field": "redirect"},
+            )
+        return self
+
+
+class RevisitData(_Strict):
+    request_id: Id
+    trigger: RevisitTrigger
+    notes: Text | None = None
+
+
+class EscalationData(_Strict):
+    customer_id: Id
+    partner_id: Id
+    request_id: Id | None = None
+    kind: EscalationKind
+    severity: Severity
+    summary: Summary | None = None
+
+
+class _Envelope(_Strict):
+    event_id: Annotated[UUID, Field(strict=False)]
+    schema_version: Literal[1]
+    occurred_at: Timestamp
+    source: Id
+    actor: Id | None = None
+    correlation_id: Id | None = None
+
+
+class Intake(_Envelope):
+    """A request arrived."""
+
+    type: Literal["intake"]
+    data: IntakeData
+
+
+class Score(_Envelope):
+    """A F.A.I.R. score was given."""
+
+    type: Literal["score"]
+    data: ScoreData
+
+
+class Decision(_Envelope):
+    """A request was decided."""
+
+    type: Literal["decision"]
+    data: DecisionData
+
+
+class Revisit(_Envelope):
+    """A decided request was reopened."""
+
+    type: Literal["revisit"]
+    data: RevisitData
+
+
+class Escalation(_Envelope):
+    """A customer escalated against a partner."""
+
+    type: Literal["escalation"]
+    data: EscalationData
+
+
+AnyEvent = Intake | Score | Decision | Revisit | Escalation
+Event = Annotated[AnyEvent, Field(discriminator="type")]
+EVENT_TYPES: dict[str, type[AnyEvent]] = {
+    "intake": Intake,
+    "score": Score,
+    "decision": Decision,
+    "revisit": Revisit,
+    "escalation": Escalation,
+}

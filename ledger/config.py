@@ -1,0 +1,70 @@
+"""One settings object, read from the environment (`LEDGER_*`) at the edges only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the ledger; the names match CONTRACT section 7."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore")
+
+    broker: str | None = Field(None, description="Kafka bootstrap list; unset starts Tansu")
+    topic_prefix: str = ""
+    partitions: int = Field(4, ge=1, description="partitions of the topics the ledger creates")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8642
+    api_url: str = "http://127.0.0.1:8642"
+    api_token: str | None = None
+    clock: str | None = None
+    overdue_days: int = Field(10, ge=0)
+    overdue_unit: Literal["calendar", "business"] = "calendar"
+    alert_interval: float = Field(60.0, gt=0)
+    alert_webhooks: str = ""
+    policy_file: Path | None = None
+    data_dir: Path = Path(".ledger")
+    # Tansu delays a new group's first join by half the session timeout: keep it short.
+    session_timeout_s: float = Field(8.0, gt=0)
+    batch_size: int = Field(2000, ge=1)
+    # SASL/TLS pass-through for a real cluster.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_a_topic_name(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may only contain letters, digits, '.', '_' and '-'")
+        return value
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Security options for aiokafka clients (empty for plain text)."""
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, object] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        return options

@@ -1,0 +1,133 @@
+"""The request lifecycle: which events a request (or customer) may accept next.
+
+Pure: `admit(state, fact)` takes the subject's state and one event's facts and returns
+the next state, or the reason the event is refused. The validator worker keeps the
+state in a changelogged table keyed by subject; nothing here touches Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Literal
+from uuid import UUID
+
+from events.schema import AnyEvent
+
+Status = Literal["new", "open", "decided"]
+
+
+class Violation(StrEnum):
+    """Machine-readable reasons a valid event is still refused."""
+
+    DUPLICATE_EVENT_ID = "duplicate_event_id"
+    DUPLICATE_INTAKE = "duplicate_intake"
+    UNKNOWN_REQUEST = "unknown_request"
+    SCALED_WITHOUT_PROVISIONAL_YES = "scaled_without_provisional_yes"
+    REVISIT_OF_UNDECIDED_REQUEST = "revisit_of_undecided_request"
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """What the lifecycle needs to know of one event."""
+
+    event_id: str
+    type: str
+    subject: str
+    outcome: str | None = None
+
+    @classmethod
+    def of(cls, event: AnyEvent) -> Fact:
+        if event.type == "escalation":
+            return cls(str(event.event_id), event.type, event.data.customer_id)
+        outcome = event.data.outcome if event.type == "decision" else None
+        return cls(str(event.event_id), event.type, event.data.request_id, outcome)
+
+    @classmethod
+    def of_validated_json(cls, obj: Mapping[str, Any]) -> Fact:
+        """Read the facts from a payload that already passed `events.decode`."""
+        data = obj["data"]
+        kind = obj["type"]
+        subject = data["customer_id"] if kind == "escalation" else data["request_id"]
+        return cls(str(UUID(obj["event_id"])), kind, subject, data.get("outcome"))
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectState:
+    """A request's (or customer's) lifecycle so far, and every event id it has recorded."""
+
+    status: Status = "new"
+    had_provisional_yes: bool = False
+    event_ids: frozenset[str] = field(default_factory=frozenset)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "had_provisional_yes": self.had_provisional_yes,
+            "event_ids": sorted(self.event_ids),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any] | None) -> SubjectState:
+        if not obj:
+            return cls()
+        return cls(obj["status"], obj["had_provisional_yes"], frozenset(obj["event_ids"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: Violation
+    message: str
+
+
+def admit(state: SubjectState, fact: Fact) -> SubjectState | Refusal:
+    """Accept `fact` (returning the next state) or refuse it (returning why)."""
+    if fact.event_id in state.event_ids:
+        return Refusal(
+            Violation.DUPLICATE_EVENT_ID, f"event_id {fact.event_id} is already recorded"
+        )
+    refusal = _lifecycle_refusal(state, fact)
+    if refusal is not None:
+        return refusal
+    return replace(
+        _advance(state, fact),
+        event_ids=state.event_ids | {fact.event_id},
+    )
+
+
+def _lifecycle_refusal(state: SubjectState, fact: Fact) -> Refusal | None:
+    if fact.type == "escalation":
+        return None
+    request = fact.subject
+    if fact.type == "intake":
+        if state.status != "new":
+            return Refusal(Violation.DUPLICATE_INTAKE, f"request {request} already has an intake")
+        return None
+    if state.status == "new":
+        return Refusal(
+            Violation.UNKNOWN_REQUEST, f"request {request} has no intake; {fact.type} refused"
+        )
+    if fact.type == "decision" and fact.outcome == "scaled" and not state.had_provisional_yes:
+        return Refusal(
+            Violation.SCALED_WITHOUT_PROVISIONAL_YES,
+            f"request {request} cannot be scaled: it never had a provisional_yes",
+        )
+    if fact.type == "revisit" and state.status != "decided":
+        return Refusal(
+            Violation.REVISIT_OF_UNDECIDED_REQUEST,
+            f"request {request} has no standing decision to revisit",
+        )
+    return None
+
+
+def _advance(state: SubjectState, fact: Fact) -> SubjectState:
+    if fact.type == "intake" or fact.type == "revisit":
+        return replace(state, status="open")
+    if fact.type == "decision":
+        return replace(
+            state,
+            status="decided",
+            had_provisional_yes=state.had_provisional_yes or fact.outcome == "provisional_yes",
+        )
+    return state

@@ -1,0 +1,46 @@
+"""Topic names (CONTRACT section 2) under the configured prefix, and how they are created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 24 * 3600 * 1000
+FOREVER = -1
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The ledger's topics for one prefix."""
+
+    prefix: str = ""
+
+    @property
+    def inbox(self) -> str:
+        return f"{self.prefix}ledger.inbox"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}ledger.events"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.prefix}ledger.rejected"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}ledger.alerts"
+
+    @property
+    def by_subject(self) -> str:
+        """Internal: screened inbox messages re-keyed by their own request or customer."""
+        return f"{self.prefix}ledger.validator-by-subject"
+
+    def retention_ms(self) -> dict[str, int]:
+        """Every topic the ledger owns, with its retention (explicit: Tansu needs one)."""
+        return {
+            self.inbox: 7 * DAY_MS,
+            self.by_subject: 7 * DAY_MS,
+            self.events: FOREVER,  # the source of truth is never expired
+            self.rejected: 30 * DAY_MS,
+            self.alerts: FOREVER,
+        }

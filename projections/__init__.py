@@ -1,0 +1,1 @@
+"""Pure folds from ledger events to read models."""

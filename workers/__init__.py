@@ -1,0 +1,1 @@
+"""The faust app: agents, tables and the query API. Thin wiring around `ledger/` and `projections/`."""
