@@ -55,24 +55,40 @@ class Fact:
 
 @dataclass(frozen=True, slots=True)
 class SubjectState:
-    """A request's (or customer's) lifecycle so far, and every event id it has recorded."""
+    """A request's (or customer's) lifecycle so far, every event id it has recorded, and
+    the last inbox offset judged per inbox partition (to tell a redelivery from a new
+    message: the inbox is at-least-once, and a replayed message was judged already)."""
 
     status: Status = "new"
     had_provisional_yes: bool = False
     event_ids: frozenset[str] = field(default_factory=frozenset)
+    judged: Mapping[int, int] = field(default_factory=dict)
+
+    def already_judged(self, partition: int, offset: int) -> bool:
+        """Whether this inbox message (by position) was accepted or refused before."""
+        last = self.judged.get(partition)
+        return last is not None and offset <= last
+
+    def judging(self, partition: int, offset: int) -> SubjectState:
+        """This state, remembering that the inbox message at `offset` was judged."""
+        return replace(self, judged={**self.judged, partition: offset})
 
     def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "had_provisional_yes": self.had_provisional_yes,
             "event_ids": sorted(self.event_ids),
+            "judged": {str(p): o for p, o in self.judged.items()},
         }
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any] | None) -> SubjectState:
         if not obj:
             return cls()
-        return cls(obj["status"], obj["had_provisional_yes"], frozenset(obj["event_ids"]))
+        judged = {int(p): int(o) for p, o in obj.get("judged", {}).items()}
+        return cls(
+            obj["status"], obj["had_provisional_yes"], frozenset(obj["event_ids"]), judged
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,36 +3,58 @@
 faust's own `table[key] = value` queues every changelog write in a buffer that drains
 a few hundred messages a second. Here the value goes into the table's store and its
 changelog record straight to the producer, keyed and encoded exactly as faust recovers
-it (raw UTF-8 key, JSON value). faust flushes the producer before it commits offsets,
-so a changelog write is durable before the input that caused it is committed.
+it (raw key, JSON value). faust flushes the producer before it commits offsets, so a
+changelog write is durable before the input that caused it is committed.
+
+Tansu reports a partition's end offset as the last *batch's* base offset + 1, so a
+recovery that reads "up to the end offset" would miss all but the first record of the
+last batch. After each batch of changelog writes we therefore append one tiny marker
+record, in a batch of its own, to every partition we wrote: the reported end is then
+the true end. The marker's value is null, which recovery applies as a no-op delete of
+a key nobody uses. On Apache Kafka the marker is merely redundant.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 import faust
 import orjson
 
+END_MARKER_KEY = b"\x00end"
+
 
 def json_table(app: faust.App, name: str, partitions: int) -> Any:
-    """A table of JSON values keyed by str, changelog partitioned by the producer's partitioner."""
+    """A table of JSON values keyed by raw bytes, partitioned by the producer's partitioner.
+
+    Keys are bytes (`key_type=bytes` makes faust's changelog use the raw serializer both
+    ways), so a changelog record's key is byte-for-byte the source topic's key and lands
+    on the same partition number: the table is co-partitioned with its stream.
+    """
     return app.Table(
         name,
         default=None,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        key_type=bytes,  # values: no type, so faust's default JSON serializer
         partitions=partitions,
         use_partitioner=True,  # changelog partition = partitioner(key), like the source topic
         extra_topic_configs={"retention.ms": "-1"},
     )
 
 
-async def write_batch(app: faust.App, table: Any, values: Mapping[str, Any]) -> None:
-    """Store each value and send its changelog record (once per key)."""
+async def write_batch(app: faust.App, table: Any, values: Mapping[bytes, Any]) -> None:
+    """Store each value, send its changelog record (once per key), then the end markers."""
+    if not values:
+        return
     topic = table.changelog_topic.get_topic_name()
     store = table.data
     send = app.producer.send
+    pending = []
     for key, value in values.items():
         store[key] = value
-        await send(topic, key.encode(), orjson.dumps(value), None, None, None)
+        pending.append(await send(topic, key, orjson.dumps(value), None, None, None))
+    written = await asyncio.gather(*pending)
+    partitions = {metadata.partition for metadata in written}
+    markers = [await send(topic, END_MARKER_KEY, None, p, None, None) for p in partitions]
+    await asyncio.gather(*markers)

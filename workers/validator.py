@@ -83,16 +83,20 @@ def register_validator(app: faust.App, topics: Topics, settings: Settings) -> No
     @app.agent(by_subject, name=f"{prefix}validator-admit")
     async def admit_events(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(settings.batch_size, within=BATCH_WINDOW_S):
-            touched: dict[str, SubjectState] = {}
+            touched: dict[bytes, SubjectState] = {}
             for event in batch:
-                key = event.key.decode()
+                key = event.key
                 state = touched.get(key) or SubjectState.from_json(subjects.data.get(key))
+                source = _provenance_of(event.message)
+                if state.already_judged(source.partition, source.offset):
+                    continue  # a redelivery after a restart or rebalance: judged before
                 fact = Fact.of_validated_json(orjson.loads(event.value))
                 verdict = admit(state, fact)
                 if isinstance(verdict, Refusal):
                     reason = FieldError(verdict.code.value, None, verdict.message)
-                    await reject(_provenance_of(event.message), [reason], event.value)
+                    await reject(source, [reason], event.value)
+                    touched[key] = state.judging(source.partition, source.offset)
                     continue
-                touched[key] = verdict
+                touched[key] = verdict.judging(source.partition, source.offset)
                 await send(topics.events, fact.subject.encode(), event.value)
             await write_batch(app, subjects, {k: s.to_json() for k, s in touched.items()})
