@@ -69,9 +69,7 @@ Ask = Literal[
     "pilot",
 ]
 RiskFactor = Literal["regulatory_exposure", "data_handling", "exclusivity", "channel_conflict"]
-Outcome = Literal[
-    "provisional_yes", "conditional_no", "decline", "hold", "scaled", "withdrawn"
-]
+Outcome = Literal["provisional_yes", "conditional_no", "decline", "hold", "scaled", "withdrawn"]
 Redirect = Literal["directory", "community", "api_guide", "office_hours", "none"]
 RevisitTrigger = Literal["scheduled", "partner_returned", "pilot_review"]
 EscalationKind = Literal[
@@ -156,8 +154,7 @@ class DecisionData(_Strict):
     outcome: Outcome
     rationale: Rationale
     checklist: (
-        Annotated[tuple[ChecklistItem, ...], Field(strict=False, min_length=1, max_length=5)]
-        | None
+        Annotated[tuple[ChecklistItem, ...], Field(strict=False, min_length=1, max_length=5)] | None
     ) = None
     revisit_on: Day | None = None
     pilot: Pilot | None = None

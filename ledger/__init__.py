@@ -1,1 +1,2 @@
-"""The domain: request lifecycle, F.A.I.R. policy, calendars; plus the publishing client, CLI and settings."""
+"""Domain rules (request lifecycle, F.A.I.R. policy, calendars), the publishing client,
+CLI and configuration."""

@@ -71,13 +71,16 @@ class EmbeddedBroker:
     def _wait_until_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
+            process = self._process
+            if process is None:
+                raise BrokerError("Tansu was stopped while starting")
+            if process.poll() is not None:
                 raise BrokerError(
-                    f"Tansu exited with code {self._process.returncode}; see {self.log_path}"
+                    f"Tansu exited with code {process.returncode}; see {self.log_path}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.host, self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.5),
             ):
                 return
             time.sleep(0.05)

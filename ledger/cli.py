@@ -12,7 +12,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from events import json_schema
+from events import AnyEvent, json_schema
 from ledger.config import Settings
 from ledger.intake import parse_lines
 from ledger.publisher import Publisher
@@ -57,7 +57,9 @@ def publish(
         raise typer.Exit(1)
 
 
-async def _publish(settings: Settings, bootstrap: str, good: list) -> int:  # type: ignore[type-arg]
+async def _publish(
+    settings: Settings, bootstrap: str, good: list[tuple[AnyEvent, bytes]]
+) -> int:
     async with Publisher(settings, bootstrap) as publisher:
         return await publisher.publish(good)
 

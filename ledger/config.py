@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,11 +48,11 @@ class Settings(BaseSettings):
             raise ValueError("may only contain letters, digits, '.', '_' and '-'")
         return value
 
-    def kafka_client_options(self) -> dict[str, object]:
+    def kafka_client_options(self) -> dict[str, Any]:
         """Security options for aiokafka clients (empty for plain text)."""
         if self.security_protocol == "PLAINTEXT":
             return {}
-        options: dict[str, object] = {"security_protocol": self.security_protocol}
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             options.update(
                 sasl_mechanism=self.sasl_mechanism,

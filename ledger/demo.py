@@ -68,7 +68,10 @@ def run_demo(settings: Settings, console: Console, timeout: float) -> int:
         doc = orjson.loads(record.value)
         for reason in doc["reasons"]:
             table.add_row(
-                f"{doc['inbox']['partition']}:{doc['inbox']['offset']}", reason["code"], reason["field"] or "", reason["message"]
+                f"{doc['inbox']['partition']}:{doc['inbox']['offset']}",
+                reason["code"],
+                reason["field"] or "",
+                reason["message"],
             )
     console.print(table)
     if len(accepted) + len(rejected) != expected:

@@ -86,9 +86,7 @@ class SubjectState:
         if not obj:
             return cls()
         judged = {int(p): int(o) for p, o in obj.get("judged", {}).items()}
-        return cls(
-            obj["status"], obj["had_provisional_yes"], frozenset(obj["event_ids"]), judged
-        )
+        return cls(obj["status"], obj["had_provisional_yes"], frozenset(obj["event_ids"]), judged)
 
 
 @dataclass(frozen=True, slots=True)

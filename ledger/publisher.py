@@ -28,7 +28,7 @@ class Publisher:
             linger_ms=5,
             max_batch_size=256 * 1024,
             enable_idempotence=False,
-            **settings.kafka_client_options(),  # type: ignore[arg-type]
+            **settings.kafka_client_options(),
         )
 
     async def start(self) -> Publisher:

@@ -47,7 +47,7 @@ async def collect(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
-        **settings.kafka_client_options(),  # type: ignore[arg-type]
+        **settings.kafka_client_options(),
     )
     collected = Collected({t: [] for t in topics})
     await consumer.start()

@@ -1,1 +1,4 @@
-"""The faust app: agents, tables and the query API. Thin wiring around `ledger/` and `projections/`."""
+"""The faust app: agents, tables and the query API.
+
+Thin wiring around `ledger/` and `projections/`.
+"""

@@ -30,7 +30,10 @@ def _now() -> str:
 
 
 def _provenance_headers(message: Any) -> list[tuple[str, bytes]]:
-    headers = [(_PARTITION, str(message.partition).encode()), (_OFFSET, str(message.offset).encode())]
+    headers = [
+        (_PARTITION, str(message.partition).encode()),
+        (_OFFSET, str(message.offset).encode()),
+    ]
     if message.key is not None:
         headers.append((_KEY, message.key))
     return headers
@@ -47,9 +50,8 @@ def _provenance_of(message: Any) -> Provenance:
 
 def register_validator(app: faust.App, topics: Topics, settings: Settings) -> None:
     prefix = settings.topic_prefix
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    inbox = app.topic(topics.inbox, **raw)
-    by_subject = app.topic(topics.by_subject, **raw)
+    inbox = app.topic(topics.inbox, key_serializer="raw", value_serializer="raw")
+    by_subject = app.topic(topics.by_subject, key_serializer="raw", value_serializer="raw")
     subjects = json_table(app, f"{prefix}validator-subjects", settings.partitions)
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
@@ -62,7 +64,7 @@ def register_validator(app: faust.App, topics: Topics, settings: Settings) -> No
         await send(topics.rejected, source.key, record)
 
     @app.agent(inbox, name=f"{prefix}validator-screen")
-    async def screen(stream: faust.StreamT[bytes]) -> None:
+    async def screen(stream: Any) -> None:  # Any: faust's StreamT stub lacks take_events
         async for batch in stream.take_events(settings.batch_size, within=BATCH_WINDOW_S):
             for event in batch:
                 message = event.message
@@ -81,7 +83,7 @@ def register_validator(app: faust.App, topics: Topics, settings: Settings) -> No
                 )
 
     @app.agent(by_subject, name=f"{prefix}validator-admit")
-    async def admit_events(stream: faust.StreamT[bytes]) -> None:
+    async def admit_events(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=BATCH_WINDOW_S):
             touched: dict[bytes, SubjectState] = {}
             for event in batch:

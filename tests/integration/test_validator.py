@@ -47,24 +47,30 @@ async def test_mixed_stream_is_split_exactly(settings: Settings, workers: Worker
     naive = decision("R2", "decline", name="naive")
     naive["occurred_at"] = "2026-03-04T09:00:00"
     messages = [
-        keyed(intake("R1")), keyed(score("R1")), keyed(decision("R1", "provisional_yes")),
-        keyed(decision("R1", "scaled")),                       # accepted: after provisional_yes
-        keyed(score("R1")),                                     # duplicate, same key
-        keyed(score("R3", name="early")),                       # out of order: before intake
-        keyed(intake("R3")), keyed(revisit("R3")),              # revisit of undecided
-        keyed(intake("R3", name="second-intake")),              # second intake
+        keyed(intake("R1")),
+        keyed(score("R1")),
+        keyed(decision("R1", "provisional_yes")),
+        keyed(decision("R1", "scaled")),  # accepted: after provisional_yes
+        keyed(score("R1")),  # duplicate, same key
+        keyed(score("R3", name="early")),  # out of order: before intake
+        keyed(intake("R3")),
+        keyed(revisit("R3")),  # revisit of undecided
+        keyed(intake("R3", name="second-intake")),  # second intake
         # a wrong key or none: checked against its own subject all the same (nothing else
         # of R2 or beta is sent, since order across inbox partitions is not guaranteed)
         keyed(intake("R2"), key="WRONG-KEY"),
         keyed(escalation("beta", "p3"), key=None),
-        keyed(fit_seven), keyed(naive),                         # schema violations
-        keyed(decision("R4", "scaled")),                        # unknown request
-        keyed(intake("R5")), keyed(decision("R5", "decline")),
-        keyed(decision("R5", "scaled", name="no-yes")),         # scaled without yes
+        keyed(fit_seven),
+        keyed(naive),  # schema violations
+        keyed(decision("R4", "scaled")),  # unknown request
+        keyed(intake("R5")),
+        keyed(decision("R5", "decline")),
+        keyed(decision("R5", "scaled", name="no-yes")),  # scaled without yes
         keyed(escalation("acme", "p1", "partner_fired")),
         keyed(escalation("acme", "p2", "abusive_conduct")),
-        keyed(escalation("acme", "p1", "partner_fired")),      # duplicate escalation
-        (b"R9", b"this is not json"), (None, b"\xff\xfe\x00"),
+        keyed(escalation("acme", "p1", "partner_fired")),  # duplicate escalation
+        (b"R9", b"this is not json"),
+        (None, b"\xff\xfe\x00"),
         (b"R9", b'{"type": "intake", "schema_version": 2}'),
     ]
     await publish(settings, messages)
@@ -74,31 +80,50 @@ async def test_mixed_stream_is_split_exactly(settings: Settings, workers: Worker
 
     accepted = out.records[topics.events]
     accepted_ids = Counter(orjson.loads(r.value)["event_id"] for r in accepted)
-    assert accepted_ids == Counter({eid(n): 1 for n in [
-        "intake-R1", "score-R1", "decision-R1-provisional_yes", "decision-R1-scaled",
-        "intake-R3", "intake-R2", "esc-beta-p3-complaint", "intake-R5", "decision-R5-decline",
-        "esc-acme-p1-partner_fired", "esc-acme-p2-abusive_conduct"]}), workers.logs()
+    assert accepted_ids == Counter(
+        {
+            eid(n): 1
+            for n in [
+                "intake-R1",
+                "score-R1",
+                "decision-R1-provisional_yes",
+                "decision-R1-scaled",
+                "intake-R3",
+                "intake-R2",
+                "esc-beta-p3-complaint",
+                "intake-R5",
+                "decision-R5-decline",
+                "esc-acme-p1-partner_fired",
+                "esc-acme-p2-abusive_conduct",
+            ]
+        }
+    ), workers.logs()
     for record in accepted:  # ledger.events is keyed by the event's own subject
         data = orjson.loads(record.value)["data"]
         assert record.key == (data.get("request_id") or data["customer_id"]).encode()
 
     rejected = [orjson.loads(r.value) for r in out.records[topics.rejected]]
     codes = Counter((r["reasons"][0]["code"], r["reasons"][0]["field"]) for r in rejected)
-    assert codes == Counter({
-        ("duplicate_event_id", None): 2, ("unknown_request", None): 2,
-        ("revisit_of_undecided_request", None): 1, ("duplicate_intake", None): 1,
-        ("schema", "data.fit"): 1, ("schema", "occurred_at"): 1,
-        ("scaled_without_provisional_yes", None): 1, ("undecodable", None): 2,
-        ("unsupported_schema_version", "schema_version"): 1,
-    })
+    assert codes == Counter(
+        {
+            ("duplicate_event_id", None): 2,
+            ("unknown_request", None): 2,
+            ("revisit_of_undecided_request", None): 1,
+            ("duplicate_intake", None): 1,
+            ("schema", "data.fit"): 1,
+            ("schema", "occurred_at"): 1,
+            ("scaled_without_provisional_yes", None): 1,
+            ("undecodable", None): 2,
+            ("unsupported_schema_version", "schema_version"): 1,
+        }
+    )
     assert len(accepted) + len(rejected) == len(messages)
     originals = sorted(base64.b64decode(r["original_base64"]) for r in rejected)
     accepted_bytes = sorted(r.value for r in accepted)
     assert sorted(originals + accepted_bytes) == sorted(v for _, v in messages)
     by_code = {r["reasons"][0]["code"]: r for r in rejected}
     assert by_code["unsupported_schema_version"]["inbox"]["key"] == "R9"
-    assert "supported versions: 1" in by_code["unsupported_schema_version"]["reasons"][0][
-        "message"]
+    assert "supported versions: 1" in by_code["unsupported_schema_version"]["reasons"][0]["message"]
 
 
 async def test_restart_mid_stream_lets_no_duplicate_through(

@@ -31,17 +31,24 @@ def test_body_accepts_one_event_or_an_array_with_the_same_errors() -> None:
     assert len(many.good) == 1
     assert [str(e) for e in many.errors] == ["line 2: data.fit: must be between 0 and 5"]
     assert [str(e.error) for e in many.errors] == [
-        str(e.error) for e in parse_lines([raw(bad)]).errors]
+        str(e.error) for e in parse_lines([raw(bad)]).errors
+    ]
     assert parse_body(b"{").errors[0].error.code == "undecodable"
 
 
 def test_rejection_record_keeps_the_original_bytes_and_reasons() -> None:
     original = b"\xffnot utf-8"
-    record = orjson.loads(rejection_record(
-        original, [FieldError("undecodable", None, "not UTF-8 JSON")],
-        Provenance(b"REQ-1", 2, 41), "2026-03-01T00:00:00+00:00"))
+    record = orjson.loads(
+        rejection_record(
+            original,
+            [FieldError("undecodable", None, "not UTF-8 JSON")],
+            Provenance(b"REQ-1", 2, 41),
+            "2026-03-01T00:00:00+00:00",
+        )
+    )
     assert base64.b64decode(record["original_base64"]) == original
     assert record["original_text"] is None
     assert record["inbox"] == {"partition": 2, "offset": 41, "key": "REQ-1"}
     assert record["reasons"] == [
-        {"code": "undecodable", "field": None, "message": "not UTF-8 JSON"}]
+        {"code": "undecodable", "field": None, "message": "not UTF-8 JSON"}
+    ]

@@ -26,8 +26,11 @@ def run(*payloads: dict) -> tuple[SubjectState, list[Violation | None]]:
 
 def test_a_full_happy_life() -> None:
     state, verdicts = run(
-        intake("R"), score("R"), decision("R", "provisional_yes"),
-        revisit("R", "pilot_review"), decision("R", "scaled", name="scale"),
+        intake("R"),
+        score("R"),
+        decision("R", "provisional_yes"),
+        revisit("R", "pilot_review"),
+        decision("R", "scaled", name="scale"),
     )
     assert verdicts == [None] * 5
     assert state.status == "decided" and state.had_provisional_yes
@@ -60,15 +63,17 @@ def test_revisit_of_an_undecided_request() -> None:
 
 
 def test_revisit_reopens_and_a_second_revisit_needs_a_new_decision() -> None:
-    state, verdicts = run(intake("R"), decision("R", "hold"), revisit("R"),
-                          revisit("R", name="again"))
+    state, verdicts = run(
+        intake("R"), decision("R", "hold"), revisit("R"), revisit("R", name="again")
+    )
     assert verdicts == [None, None, None, Violation.REVISIT_OF_UNDECIDED_REQUEST]
     assert state.status == "open"
 
 
 def test_escalations_need_no_request_and_dedupe() -> None:
-    state, verdicts = run(escalation("acme", "p1"), escalation("acme", "p2"),
-                          escalation("acme", "p1"))
+    state, verdicts = run(
+        escalation("acme", "p1"), escalation("acme", "p2"), escalation("acme", "p1")
+    )
     assert verdicts == [None, None, Violation.DUPLICATE_EVENT_ID]
     assert state.status == "new"
 
@@ -92,8 +97,9 @@ def test_state_json_roundtrip() -> None:
 
 
 TYPES = st.sampled_from(["intake", "score", "decision", "revisit"])
-OUTCOMES = st.sampled_from(["provisional_yes", "conditional_no", "decline", "hold",
-                            "scaled", "withdrawn"])
+OUTCOMES = st.sampled_from(
+    ["provisional_yes", "conditional_no", "decline", "hold", "scaled", "withdrawn"]
+)
 
 
 @given(st.lists(st.tuples(TYPES, OUTCOMES), max_size=25))
@@ -121,8 +127,7 @@ def test_generated_histories_obey_every_rule(steps: list[tuple[str, str]]) -> No
         if expected is None:
             assert not isinstance(verdict, Refusal)
             state = verdict
-            status = {"intake": "open", "revisit": "open", "decision": "decided"}.get(
-                kind, status)
+            status = {"intake": "open", "revisit": "open", "decision": "decided"}.get(kind, status)
             had_yes = had_yes or (kind == "decision" and outcome == "provisional_yes")
         else:
             assert isinstance(verdict, Refusal) and verdict.code == expected

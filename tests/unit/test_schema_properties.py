@@ -24,32 +24,76 @@ text = st.text(max_size=50)
 
 def envelope(kind: str, data: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict]:
     return st.fixed_dictionaries(
-        {"event_id": st.uuids().map(str), "type": st.just(kind), "schema_version": st.just(1),
-         "occurred_at": stamps, "source": ids, "data": data},
+        {
+            "event_id": st.uuids().map(str),
+            "type": st.just(kind),
+            "schema_version": st.just(1),
+            "occurred_at": stamps,
+            "source": ids,
+            "data": data,
+        },
         optional={"actor": ids, "correlation_id": ids},
     )
 
 
-intakes = envelope("intake", st.fixed_dictionaries(
-    {"request_id": ids, "kind": st.sampled_from(["partner_proposal", "vendor_support"]),
-     "title": st.text(min_size=1, max_size=200), "owner": ids},
-    optional={"description": text, "partner_id": ids, "customer_id": ids,
-              "first_contact_at": stamps, "icp_overlap_pct": st.floats(0, 100),
-              "asks": st.lists(st.sampled_from(["mdf", "co_sell", "pilot", "exclusivity"])),
-              "value_estimate": st.floats(0, 1e9)}))
+intakes = envelope(
+    "intake",
+    st.fixed_dictionaries(
+        {
+            "request_id": ids,
+            "kind": st.sampled_from(["partner_proposal", "vendor_support"]),
+            "title": st.text(min_size=1, max_size=200),
+            "owner": ids,
+        },
+        optional={
+            "description": text,
+            "partner_id": ids,
+            "customer_id": ids,
+            "first_contact_at": stamps,
+            "icp_overlap_pct": st.floats(0, 100),
+            "asks": st.lists(st.sampled_from(["mdf", "co_sell", "pilot", "exclusivity"])),
+            "value_estimate": st.floats(0, 1e9),
+        },
+    ),
+)
 dimension = st.integers(0, 5)
-scores = envelope("score", st.fixed_dictionaries(
-    {"request_id": ids, "fit": dimension, "advantage": dimension, "integrity": dimension,
-     "readiness": dimension},
-    optional={"risks": st.lists(st.fixed_dictionaries(
-        {"factor": st.sampled_from(["regulatory_exposure", "data_handling"]),
-         "multiplier": st.floats(0.5, 1.2), "critical": st.booleans()}), max_size=3),
-        "notes": text}))
-escalations = envelope("escalation", st.fixed_dictionaries(
-    {"customer_id": ids, "partner_id": ids,
-     "kind": st.sampled_from(["complaint", "partner_fired", "abusive_conduct"]),
-     "severity": st.integers(1, 5)},
-    optional={"request_id": ids, "summary": text}))
+scores = envelope(
+    "score",
+    st.fixed_dictionaries(
+        {
+            "request_id": ids,
+            "fit": dimension,
+            "advantage": dimension,
+            "integrity": dimension,
+            "readiness": dimension,
+        },
+        optional={
+            "risks": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "factor": st.sampled_from(["regulatory_exposure", "data_handling"]),
+                        "multiplier": st.floats(0.5, 1.2),
+                        "critical": st.booleans(),
+                    }
+                ),
+                max_size=3,
+            ),
+            "notes": text,
+        },
+    ),
+)
+escalations = envelope(
+    "escalation",
+    st.fixed_dictionaries(
+        {
+            "customer_id": ids,
+            "partner_id": ids,
+            "kind": st.sampled_from(["complaint", "partner_fired", "abusive_conduct"]),
+            "severity": st.integers(1, 5),
+        },
+        optional={"request_id": ids, "summary": text},
+    ),
+)
 
 
 @given(st.one_of(intakes, scores, escalations))
@@ -79,12 +123,20 @@ def test_any_single_broken_rule_is_rejected_naming_its_field(
         raise AssertionError(f"{case[0]} was accepted")
 
 
-@given(st.text(min_size=1).filter(lambda s: not all(c.isalnum() or c in "._:-" for c in s)
-                                  or len(s) > 64))
+@given(
+    st.text(min_size=1).filter(
+        lambda s: not all(c.isalnum() or c in "._:-" for c in s) or len(s) > 64
+    )
+)
 def test_ids_outside_the_pattern_are_rejected(bad: str) -> None:
-    payload = {"event_id": "0b9f6c1e-5d0e-4c2a-9a57-3f1d2b7c9e01", "type": "revisit",
-               "schema_version": 1, "occurred_at": "2026-03-02T09:00:00Z", "source": "crm",
-               "data": {"request_id": bad, "trigger": "scheduled"}}
+    payload = {
+        "event_id": "0b9f6c1e-5d0e-4c2a-9a57-3f1d2b7c9e01",
+        "type": "revisit",
+        "schema_version": 1,
+        "occurred_at": "2026-03-02T09:00:00Z",
+        "source": "crm",
+        "data": {"request_id": bad, "trigger": "scheduled"},
+    }
     try:
         from_mapping(payload)
     except InvalidEvent as exc:

@@ -1,0 +1,62 @@
+"""`ledger publish` and `ledger schema` end to end (a real broker for publish)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from ledger.cli import app
+from ledger.config import Settings
+from ledger.reader import collect
+from ledger.topics import Topics
+from tests.factories import intake, raw, score
+
+pytestmark = pytest.mark.integration
+
+
+def test_publish_reports_bad_lines_and_publishes_the_good_ones(
+    settings: Settings, tmp_path: Path
+) -> None:
+    bad = score("R1", name="bad")
+    bad["data"]["readiness"] = 9
+    lines = [raw(intake("R1")), b"{oops", raw(bad), b"", raw(score("R1"))]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    env = {"LEDGER_BROKER": settings.broker, "LEDGER_TOPIC_PREFIX": settings.topic_prefix}
+    result = CliRunner().invoke(app, ["publish", str(path)], env=env)
+
+    assert result.exit_code == 1
+    assert "line 2: not UTF-8 JSON" in result.output
+    assert "line 3: data.readiness: must be between 0 and 5" in result.output
+    assert "published 2 event(s); 2 bad line(s)" in result.output
+    assert settings.broker is not None
+    inbox = Topics(settings.topic_prefix).inbox
+    got = asyncio.run(collect(settings, settings.broker, [inbox], lambda c: False, 3.0))
+    records = got.records[inbox]
+    assert sorted(r.value for r in records) == sorted([lines[0], lines[4]])
+    assert {r.key for r in records} == {b"R1"}  # keyed by request_id
+
+
+def test_publish_from_stdin_all_good_exits_zero(settings: Settings) -> None:
+    env = {"LEDGER_BROKER": settings.broker, "LEDGER_TOPIC_PREFIX": settings.topic_prefix}
+    result = CliRunner().invoke(app, ["publish", "-"], input=raw(intake("R7")), env=env)
+    assert result.exit_code == 0, result.output
+    assert "published 1 event(s); 0 bad line(s)" in result.output
+
+
+def test_publish_without_broker_is_a_clear_error() -> None:
+    result = CliRunner().invoke(app, ["publish", "-"], input=b"", env={"LEDGER_BROKER": ""})
+    assert result.exit_code == 2
+    assert "LEDGER_BROKER is not set" in result.output
+
+
+def test_schema_prints_json_schema() -> None:
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = orjson.loads(result.stdout)
+    assert set(schema["discriminator"]["mapping"]) == {
+        "intake", "score", "decision", "revisit", "escalation"}
