@@ -57,9 +57,7 @@ def publish(
         raise typer.Exit(1)
 
 
-async def _publish(
-    settings: Settings, bootstrap: str, good: list[tuple[AnyEvent, bytes]]
-) -> int:
+async def _publish(settings: Settings, bootstrap: str, good: list[tuple[AnyEvent, bytes]]) -> int:
     async with Publisher(settings, bootstrap) as publisher:
         return await publisher.publish(good)
 

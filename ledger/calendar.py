@@ -1,0 +1,58 @@
+"""Calendar and business days (Monday to Friday, minus an optional holiday list).
+
+Pure: no clock. Times are timezone-aware; business days are counted on the dates of
+the instants as given (each event's own offset), holidays as ISO dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Literal
+
+Unit = Literal["calendar", "business"]
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessCalendar:
+    holidays: frozenset[date] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, holidays: Iterable[str | date] = ()) -> BusinessCalendar:
+        return cls(frozenset(d if isinstance(d, date) else date.fromisoformat(d) for d in holidays))
+
+    def is_business_day(self, day: date) -> bool:
+        return day.weekday() < 5 and day not in self.holidays
+
+    def business_days_between(self, start: date, end: date) -> int:
+        """Business days d with start < d <= end (0 if end <= start)."""
+        count = 0
+        day = start + DAY
+        while day <= end:
+            count += self.is_business_day(day)
+            day += DAY
+        return count
+
+    def add_business_days(self, start: datetime, days: int) -> datetime:
+        """The instant `days` business days after `start`, at the same time of day."""
+        moment = start
+        remaining = days
+        while remaining > 0:
+            moment += DAY
+            if self.is_business_day(moment.date()):
+                remaining -= 1
+        return moment
+
+    def deadline(self, start: datetime, days: int, unit: Unit) -> datetime:
+        """When something started at `start` becomes `days` (calendar or business) old."""
+        if unit == "business":
+            return self.add_business_days(start, days)
+        return start + timedelta(days=days)
+
+    def age(self, start: datetime, as_of: datetime, unit: Unit) -> float:
+        """Age of `start` at `as_of`: calendar days (fractional), or whole business days."""
+        if unit == "business":
+            return float(self.business_days_between(start.date(), as_of.date()))
+        return (as_of - start).total_seconds() / 86400

@@ -1,0 +1,47 @@
+"""Business-day arithmetic: weekends, holidays, boundaries."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+from ledger.calendar import BusinessCalendar
+
+CAL = BusinessCalendar()
+UTC = timezone.utc
+
+
+def at(day: str, time: str = "09:00") -> datetime:
+    return datetime.fromisoformat(f"{day}T{time}:00+00:00")
+
+
+def test_business_days_between_skips_weekends() -> None:
+    friday, monday = date(2026, 3, 6), date(2026, 3, 9)
+    assert CAL.business_days_between(friday, monday) == 1
+    assert CAL.business_days_between(friday, friday) == 0
+    assert CAL.business_days_between(monday, friday) == 0  # end before start
+    assert CAL.business_days_between(date(2026, 3, 2), date(2026, 3, 16)) == 10
+
+
+def test_holidays_are_not_business_days() -> None:
+    cal = BusinessCalendar.of(["2026-03-09"])
+    assert not cal.is_business_day(date(2026, 3, 9))
+    assert cal.business_days_between(date(2026, 3, 6), date(2026, 3, 10)) == 1
+
+
+def test_deadline_in_business_days_spans_weekends() -> None:
+    start = at("2026-03-06", "15:30")  # a Friday
+    assert CAL.deadline(start, 10, "business") == at("2026-03-20", "15:30")
+    assert CAL.deadline(start, 1, "business") == at("2026-03-09", "15:30")
+    saturday = at("2026-03-07")
+    assert CAL.deadline(saturday, 1, "business") == at("2026-03-09")
+
+
+def test_deadline_in_calendar_days_is_exact() -> None:
+    start = at("2026-03-02")
+    assert CAL.deadline(start, 10, "calendar") == start + timedelta(days=10)
+
+
+def test_age() -> None:
+    start = at("2026-03-06", "12:00")
+    assert CAL.age(start, at("2026-03-07", "00:00"), "calendar") == 0.5
+    assert CAL.age(start, at("2026-03-09"), "business") == 1.0
