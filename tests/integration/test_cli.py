@@ -59,4 +59,9 @@ def test_schema_prints_json_schema() -> None:
     assert result.exit_code == 0
     schema = orjson.loads(result.stdout)
     assert set(schema["discriminator"]["mapping"]) == {
-        "intake", "score", "decision", "revisit", "escalation"}
+        "intake",
+        "score",
+        "decision",
+        "revisit",
+        "escalation",
+    }

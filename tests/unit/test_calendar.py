@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from ledger.calendar import BusinessCalendar
 
 CAL = BusinessCalendar()
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(day: str, time: str = "09:00") -> datetime:

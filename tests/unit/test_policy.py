@@ -30,8 +30,10 @@ def test_worked_example_4_3_5_2_is_conditional_no() -> None:
 
 
 def test_adjusted_multiplies_risks_and_clamps() -> None:
-    risky = [{"factor": "data_handling", "multiplier": 0.8},
-             {"factor": "channel_conflict", "multiplier": 0.9}]
+    risky = [
+        {"factor": "data_handling", "multiplier": 0.8},
+        {"factor": "channel_conflict", "multiplier": 0.9},
+    ]
     assert assess(S(4, 4, 4, 4, risks=risky), None, DEFAULT).adjusted == pytest.approx(2.88)
     boosted = [{"factor": "exclusivity", "multiplier": 1.2}] * 2
     assert assess(S(5, 5, 5, 5, risks=boosted), None, DEFAULT).adjusted == 5.0
@@ -62,16 +64,19 @@ def test_rule_2_critical_risk_holds_even_a_low_score() -> None:
     assert result.critical_risks == ("data_handling",)
 
 
-@pytest.mark.parametrize(("dims", "rule"), [
-    ((3, 3, 3, 2), 3),   # adjusted 2.75 < 3.0
-    ((0, 5, 5, 5), 3),   # zero fit
-    ((5, 0, 5, 5), 3),   # zero advantage
-    ((5, 5, 0, 5), 3),   # zero integrity
-    ((5, 5, 5, 0), 4),   # zero readiness is only a weak dimension
-    ((3, 3, 3, 3), 4),   # adjusted 3.0: not < 3.0, but < 3.5
-    ((5, 5, 5, 2), 4),   # a dimension <= 2
-    ((4, 4, 3, 3), 5),   # 3.5, nothing weak
-])
+@pytest.mark.parametrize(
+    ("dims", "rule"),
+    [
+        ((3, 3, 3, 2), 3),  # adjusted 2.75 < 3.0
+        ((0, 5, 5, 5), 3),  # zero fit
+        ((5, 0, 5, 5), 3),  # zero advantage
+        ((5, 5, 0, 5), 3),  # zero integrity
+        ((5, 5, 5, 0), 4),  # zero readiness is only a weak dimension
+        ((3, 3, 3, 3), 4),  # adjusted 3.0: not < 3.0, but < 3.5
+        ((5, 5, 5, 2), 4),  # a dimension <= 2
+        ((4, 4, 3, 3), 5),  # 3.5, nothing weak
+    ],
+)
 def test_rules_3_to_5(dims: tuple[int, int, int, int], rule: int) -> None:
     assert assess(S(*dims), None, DEFAULT).rule == rule
 
@@ -79,17 +84,27 @@ def test_rules_3_to_5(dims: tuple[int, int, int, int], rule: int) -> None:
 def test_rule_4_soft_stops() -> None:
     low_icp = assess(S(5, 5, 5, 5), I(icp_overlap_pct=39.9), DEFAULT)
     assert (low_icp.recommendation, low_icp.soft_stops) == (
-        "conditional_no", ("icp_overlap_pct 39.9 < 40",))
+        "conditional_no",
+        ("icp_overlap_pct 39.9 < 40",),
+    )
     assert assess(S(5, 5, 5, 5), I(icp_overlap_pct=40), DEFAULT).rule == 5
     flag = [{"flag": "webinar-only plan", "severity": "soft"}]
     assert assess(S(5, 5, 5, 5, red_flags=flag), None, DEFAULT).rule == 4
 
 
 def test_risk_can_push_below_the_decline_line() -> None:
-    assert assess(S(4, 4, 4, 4, risks=[{"factor": "channel_conflict", "multiplier": 0.8}]),
-                  None, DEFAULT).rule == 4  # 3.2
-    assert assess(S(4, 4, 4, 4, risks=[{"factor": "channel_conflict", "multiplier": 0.7}]),
-                  None, DEFAULT).rule == 3  # 2.8
+    assert (
+        assess(
+            S(4, 4, 4, 4, risks=[{"factor": "channel_conflict", "multiplier": 0.8}]), None, DEFAULT
+        ).rule
+        == 4
+    )  # 3.2
+    assert (
+        assess(
+            S(4, 4, 4, 4, risks=[{"factor": "channel_conflict", "multiplier": 0.7}]), None, DEFAULT
+        ).rule
+        == 3
+    )  # 2.8
 
 
 def test_policy_file_overrides_numbers(tmp_path: Path) -> None:
@@ -97,7 +112,7 @@ def test_policy_file_overrides_numbers(tmp_path: Path) -> None:
     path.write_text(
         "[fair]\nconditional_below = 4.0\nsoft_stop_icp_below = 50\n"
         "[abuse]\npartners_fired_at_least = 3\n"
-        "[decisions]\nholidays = [\"2026-12-25\"]\n"
+        '[decisions]\nholidays = ["2026-12-25"]\n'
     )
     policy = load_policy(path)
     assert policy.fair.conditional_below == 4.0

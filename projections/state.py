@@ -1,0 +1,185 @@
+"""Per-subject read-model state: one request, one customer. Folds over `ledger.events`.
+
+Each fold is `apply(state, event) -> state`: pure, total over the event union (an event
+of another kind leaves the state as it is), and idempotent by `event_id` (the state
+remembers the ids it has applied). States are frozen pydantic models, so a worker
+stores them as JSON (`model_dump(mode="json")`) and reads them back
+(`model_validate`).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from events.schema import AnyEvent, IntakeData, ScoreData
+
+PILOT_REVIEW_DEFAULT = timedelta(days=45)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TimelineEntry(_Frozen):
+    event_id: str
+    type: str
+    occurred_at: datetime
+    actor: str | None
+    summary: str
+
+
+class DecisionRecord(_Frozen):
+    event_id: str
+    occurred_at: datetime
+    outcome: str
+    rationale: str
+    cycle_started_at: datetime  # when the decision clock started (first contact or revisit)
+    revisit_on: date | None = None
+    review_on: date | None = None
+    score: ScoreData | None = None  # the latest score when it was decided
+
+
+class RequestState(_Frozen):
+    request_id: str
+    intake: IntakeData
+    opened_at: datetime  # first contact
+    clock_started_at: datetime  # first contact, or the last revisit
+    status: Literal["open", "decided"] = "open"
+    score: ScoreData | None = None
+    scored_at: datetime | None = None
+    decisions: tuple[DecisionRecord, ...] = ()
+    revisits: int = 0
+    timeline: tuple[TimelineEntry, ...] = ()
+    event_ids: frozenset[str] = frozenset()
+
+    @property
+    def stage(self) -> Literal["intake", "scored", "decided"]:
+        if self.status == "decided":
+            return "decided"
+        return "scored" if self.score is not None else "intake"
+
+    @property
+    def last_decision(self) -> DecisionRecord | None:
+        return self.decisions[-1] if self.decisions else None
+
+
+class EscalationRecord(_Frozen):
+    event_id: str
+    occurred_at: datetime
+    partner_id: str
+    kind: str
+    severity: int
+    request_id: str | None = None
+    summary: str | None = None
+
+
+class CustomerState(_Frozen):
+    customer_id: str
+    escalations: tuple[EscalationRecord, ...] = ()
+    event_ids: frozenset[str] = frozenset()
+
+
+def _entry(event: AnyEvent, summary: str) -> TimelineEntry:
+    return TimelineEntry(
+        event_id=str(event.event_id),
+        type=event.type,
+        occurred_at=event.occurred_at,
+        actor=event.actor,
+        summary=summary,
+    )
+
+
+def apply_request(state: RequestState | None, event: AnyEvent) -> RequestState | None:
+    """Fold one event into a request's state (`None` until its intake)."""
+    event_id = str(event.event_id)
+    if event.type == "escalation" or (state is not None and event_id in state.event_ids):
+        return state
+    if event.type == "intake":
+        if state is not None:
+            return state  # a second intake never passes the validator
+        data = event.data
+        opened = data.first_contact_at or event.occurred_at
+        return RequestState(
+            request_id=data.request_id,
+            intake=data,
+            opened_at=opened,
+            clock_started_at=opened,
+            timeline=(_entry(event, f"intake: {data.title}"),),
+            event_ids=frozenset({event_id}),
+        )
+    if state is None:
+        return None  # not taken in: the validator refuses these
+    seen = state.event_ids | {event_id}
+    if event.type == "score":
+        s = event.data
+        summary = f"score: F{s.fit} A{s.advantage} I{s.integrity} R{s.readiness}"
+        return state.model_copy(
+            update={
+                "score": s,
+                "scored_at": event.occurred_at,
+                "timeline": (*state.timeline, _entry(event, summary)),
+                "event_ids": seen,
+            }
+        )
+    if event.type == "decision":
+        d = event.data
+        review_on = None
+        if d.pilot is not None:
+            review_on = d.pilot.review_on or (event.occurred_at + PILOT_REVIEW_DEFAULT).date()
+        record = DecisionRecord(
+            event_id=event_id,
+            occurred_at=event.occurred_at,
+            outcome=d.outcome,
+            rationale=d.rationale,
+            cycle_started_at=state.clock_started_at,
+            revisit_on=d.revisit_on,
+            review_on=review_on,
+            score=state.score,
+        )
+        return state.model_copy(
+            update={
+                "status": "decided",
+                "decisions": (*state.decisions, record),
+                "timeline": (*state.timeline, _entry(event, f"decision: {d.outcome}")),
+                "event_ids": seen,
+            }
+        )
+    # revisit: the request is open again and its decision clock restarts
+    return state.model_copy(
+        update={
+            "status": "open",
+            "clock_started_at": event.occurred_at,
+            "revisits": state.revisits + 1,
+            "timeline": (*state.timeline, _entry(event, f"revisit: {event.data.trigger}")),
+            "event_ids": seen,
+        }
+    )
+
+
+def apply_customer(state: CustomerState | None, event: AnyEvent) -> CustomerState | None:
+    """Fold one escalation into its customer's state."""
+    if event.type != "escalation":
+        return state
+    event_id = str(event.event_id)
+    if state is not None and event_id in state.event_ids:
+        return state
+    e = event.data
+    state = state or CustomerState(customer_id=e.customer_id)
+    record = EscalationRecord(
+        event_id=event_id,
+        occurred_at=event.occurred_at,
+        partner_id=e.partner_id,
+        kind=e.kind,
+        severity=e.severity,
+        request_id=e.request_id,
+        summary=e.summary,
+    )
+    return state.model_copy(
+        update={
+            "escalations": (*state.escalations, record),
+            "event_ids": state.event_ids | {event_id},
+        }
+    )

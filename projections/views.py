@@ -1,0 +1,276 @@
+"""Read models answered from folded states, as of an explicit instant (CONTRACT 5 and 6).
+
+Pure functions of (states, as_of, policy): no clock, no I/O. Rows are plain dicts ready
+for JSON or CSV, sorted so that the same states always give the same list, whichever
+worker or how many workers folded them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from ledger.calendar import BusinessCalendar, Unit
+from ledger.policy import Policy, assess
+from projections.state import CustomerState, DecisionRecord, RequestState
+
+Row = dict[str, Any]
+RECOMMENDABLE = ("provisional_yes", "conditional_no", "decline", "hold")
+
+
+def calendar_of(policy: Policy) -> BusinessCalendar:
+    return BusinessCalendar.of(policy.decisions.holidays)
+
+
+def _recommendation(state: RequestState, policy: Policy) -> tuple[float | None, str | None]:
+    if state.score is None:
+        return None, None
+    result = assess(state.score, state.intake, policy.fair)
+    return result.adjusted, result.recommendation
+
+
+def pipeline(
+    states: Iterable[RequestState],
+    as_of: datetime,
+    policy: Policy,
+    owner: str | None = None,
+    kind: str | None = None,
+    stage: str | None = None,
+) -> list[Row]:
+    """Open requests (undecided, or reopened), oldest first."""
+    cal = calendar_of(policy)
+    rows = []
+    for s in states:
+        if s.status != "open":
+            continue
+        if (owner and s.intake.owner != owner) or (kind and s.intake.kind != kind):
+            continue
+        if stage and s.stage != stage:
+            continue
+        adjusted, recommendation = _recommendation(s, policy)
+        rows.append(
+            {
+                "request_id": s.request_id,
+                "kind": s.intake.kind,
+                "title": s.intake.title,
+                "owner": s.intake.owner,
+                "stage": s.stage,
+                "opened_at": s.clock_started_at.isoformat(),
+                "age_days": math.floor(cal.age(s.clock_started_at, as_of, "calendar")),
+                "business_age_days": int(cal.age(s.clock_started_at, as_of, "business")),
+                "latest_adjusted_score": adjusted,
+                "recommendation": recommendation,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["opened_at"], r["request_id"]))
+
+
+def _days_over(cal: BusinessCalendar, deadline: datetime, as_of: datetime, unit: Unit) -> float:
+    if unit == "business":
+        return float(cal.business_days_between(deadline.date(), as_of.date()))
+    return round((as_of - deadline).total_seconds() / 86400, 2)
+
+
+def overdue_reasons(
+    s: RequestState, as_of: datetime, policy: Policy, days: int, unit: Unit
+) -> list[tuple[str, datetime, float]]:
+    """(reason, since, days_overdue) for each of the four request rules that holds."""
+    cal = calendar_of(policy)
+    found: list[tuple[str, datetime, float]] = []
+    if s.status == "open":
+        deadline = cal.deadline(s.clock_started_at, days, unit)
+        if as_of > deadline:
+            found.append(("decision_overdue", deadline, _days_over(cal, deadline, as_of, unit)))
+        return found
+    last = s.last_decision
+    if last is None:
+        return found
+    if last.outcome == "hold":
+        deadline = cal.deadline(last.occurred_at, days, unit)
+        if as_of > deadline:
+            found.append(("hold_overdue", deadline, _days_over(cal, deadline, as_of, unit)))
+    if last.outcome in ("conditional_no", "hold") and last.revisit_on is not None:
+        found.extend(_past_date("revisit_overdue", last.revisit_on, as_of))
+    if last.outcome == "provisional_yes" and last.review_on is not None:
+        found.extend(_past_date("pilot_review_overdue", last.review_on, as_of))
+    return found
+
+
+def _past_date(reason: str, day: date, as_of: datetime) -> list[tuple[str, datetime, float]]:
+    """Overdue from the day after `day` (a date is due through its whole day)."""
+    if as_of.date() <= day:
+        return []
+    since = datetime.combine(day + timedelta(days=1), datetime.min.time(), as_of.tzinfo)
+    return [(reason, since, float((as_of.date() - day).days))]
+
+
+def overdue(
+    states: Iterable[RequestState],
+    as_of: datetime,
+    policy: Policy,
+    days: int | None = None,
+    unit: Unit = "calendar",
+) -> list[Row]:
+    """Overdue "maybes", most overdue first."""
+    threshold = policy.decisions.overdue_days if days is None else days
+    rows = []
+    for s in states:
+        for reason, since, over in overdue_reasons(s, as_of, policy, threshold, unit):
+            rows.append(
+                {
+                    "request_id": s.request_id,
+                    "reason": reason,
+                    "owner": s.intake.owner,
+                    "title": s.intake.title,
+                    "overdue_since": since.isoformat(),
+                    "days_overdue": over,
+                }
+            )
+    return sorted(rows, key=lambda r: (-r["days_overdue"], r["request_id"], r["reason"]))
+
+
+def customer_pattern(c: CustomerState, policy: Policy) -> Row:
+    """One customer's escalation pattern, flagged by the abuse thresholds."""
+    by_kind = Counter(e.kind for e in c.escalations)
+    partners = {e.partner_id for e in c.escalations}
+    fired = {e.partner_id for e in c.escalations if e.kind == "partner_fired"}
+    rules = policy.abuse
+    reasons = []
+    if len(fired) >= rules.partners_fired_at_least:
+        reasons.append(f"{len(fired)} partners fired (>= {rules.partners_fired_at_least})")
+    if len(partners) >= rules.distinct_partners_at_least:
+        reasons.append(
+            f"escalated against {len(partners)} partners (>= {rules.distinct_partners_at_least})"
+        )
+    abusive = by_kind.get("abusive_conduct", 0)
+    if abusive >= rules.abusive_conduct_at_least:
+        reasons.append(f"{abusive} abusive_conduct (>= {rules.abusive_conduct_at_least})")
+    last = max((e.occurred_at for e in c.escalations), default=None)
+    return {
+        "customer_id": c.customer_id,
+        "escalations": len(c.escalations),
+        "by_kind": dict(sorted(by_kind.items())),
+        "distinct_partners": len(partners),
+        "partners_fired": len(fired),
+        "severity_score": sum(e.severity for e in c.escalations),
+        "last_escalation_at": last.isoformat() if last else None,
+        "flagged": bool(reasons),
+        "reasons": reasons,
+    }
+
+
+def abuse(
+    customers: Iterable[CustomerState], policy: Policy, flagged: bool | None = None
+) -> list[Row]:
+    """Per-customer patterns, flagged and most severe first."""
+    rows = [customer_pattern(c, policy) for c in customers]
+    if flagged is not None:
+        rows = [r for r in rows if r["flagged"] == flagged]
+    return sorted(rows, key=lambda r: (not r["flagged"], -r["severity_score"], r["customer_id"]))
+
+
+def _percentile(values: list[int], q: float) -> float | None:
+    """Linear-interpolation percentile (q in 0..1) of a non-empty list, else None."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def metrics(states: Iterable[RequestState], as_of: datetime, policy: Policy) -> Row:
+    """Decision metrics over every decision up to `as_of`."""
+    cal = calendar_of(policy)
+    rules = policy.decisions
+    outcomes: Counter[str] = Counter()
+    cycle_days: list[int] = []
+    decided_requests = revisited_requests = 0
+    pilots = pilots_scaled = 0
+    recommended = overridden = 0
+    success_window = timedelta(days=rules.pilot_success_days)
+    for s in states:
+        decisions = [d for d in s.decisions if d.occurred_at <= as_of]
+        if not decisions:
+            continue
+        decided_requests += 1
+        revisited_requests += s.revisits > 0
+        seen_cycles: set[datetime] = set()
+        for d in decisions:
+            outcomes[d.outcome] += 1
+            if d.cycle_started_at not in seen_cycles:  # first decision of each cycle
+                seen_cycles.add(d.cycle_started_at)
+                days = cal.business_days_between(d.cycle_started_at.date(), d.occurred_at.date())
+                cycle_days.append(days)
+            if d.outcome in RECOMMENDABLE and d.score is not None:
+                recommended += 1
+                overridden += assess(d.score, s.intake, policy.fair).recommendation != d.outcome
+        for yes in (d for d in decisions if d.outcome == "provisional_yes"):
+            scaled = _scaled_within(decisions, yes, success_window)
+            if scaled or as_of >= yes.occurred_at + success_window:  # the window has closed
+                pilots += 1
+                pilots_scaled += scaled
+    within = sum(1 for d in cycle_days if d <= rules.target_business_days)
+    return {
+        "as_of": as_of.isoformat(),
+        "decisions": sum(outcomes.values()),
+        "by_outcome": dict(sorted(outcomes.items())),
+        "median_business_days_to_decision": _percentile(cycle_days, 0.5),
+        "p90_business_days_to_decision": _percentile(cycle_days, 0.9),
+        "share_decided_within_target": _ratio(within, len(cycle_days)),
+        "revisit_rate": _ratio(revisited_requests, decided_requests),
+        "pilot_success_rate": _ratio(pilots_scaled, pilots),
+        "override_rate": _ratio(overridden, recommended),
+    }
+
+
+def _scaled_within(decisions: list[DecisionRecord], yes: DecisionRecord, window: timedelta) -> bool:
+    return any(
+        d.outcome == "scaled" and yes.occurred_at <= d.occurred_at <= yes.occurred_at + window
+        for d in decisions
+    )
+
+
+def request_view(s: RequestState, as_of: datetime, policy: Policy) -> Row:
+    """One request's current state and full timeline."""
+    adjusted, recommendation = _recommendation(s, policy)
+    last = s.last_decision
+    return {
+        "request_id": s.request_id,
+        "kind": s.intake.kind,
+        "title": s.intake.title,
+        "owner": s.intake.owner,
+        "partner_id": s.intake.partner_id,
+        "customer_id": s.intake.customer_id,
+        "status": s.status,
+        "stage": s.stage,
+        "opened_at": s.opened_at.isoformat(),
+        "clock_started_at": s.clock_started_at.isoformat(),
+        "latest_adjusted_score": adjusted,
+        "recommendation": recommendation,
+        "last_outcome": last.outcome if last else None,
+        "revisits": s.revisits,
+        "overdue": [
+            {"reason": r, "days_overdue": d}
+            for r, _, d in overdue_reasons(
+                s, as_of, policy, policy.decisions.overdue_days, "calendar"
+            )
+        ],
+        "timeline": [e.model_dump(mode="json") for e in s.timeline],
+    }
+
+
+def customer_view(c: CustomerState, policy: Policy) -> Row:
+    """One customer's pattern and escalation history."""
+    return {
+        **customer_pattern(c, policy),
+        "history": [e.model_dump(mode="json") for e in c.escalations],
+    }

@@ -1,0 +1,245 @@
+"""The read models, from known histories; and idempotence under redelivery and shuffling."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events import from_mapping
+from events.schema import AnyEvent
+from ledger.policy import Policy
+from projections import fold
+from projections.views import abuse, customer_view, metrics, overdue, pipeline, request_view
+from tests.factories import decision, escalation, intake, revisit, score
+
+POLICY = Policy()
+
+
+def ev(payload: dict[str, Any]) -> AnyEvent:
+    return from_mapping(payload)
+
+
+def at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+def history() -> list[AnyEvent]:
+    return [
+        ev(p)
+        for p in [
+            intake("A", at="2026-03-02T09:00:00Z", owner="ana"),
+            score("A", 4, 3, 5, 2, at="2026-03-03T09:00:00Z"),  # conditional_no
+            intake("B", at="2026-03-02T09:00:00Z", owner="ben", kind="vendor_support"),
+            intake("C", at="2026-03-04T09:00:00Z", owner="ana"),
+            score("C", 5, 5, 5, 5, at="2026-03-04T10:00:00Z"),
+            decision("C", "provisional_yes", at="2026-03-05T09:00:00Z"),
+            decision("C", "scaled", at="2026-04-20T09:00:00Z"),
+            intake("D", at="2026-03-02T09:00:00Z", owner="ben"),
+            score("D", 4, 4, 4, 4, at="2026-03-03T09:00:00Z"),
+            decision("D", "hold", at="2026-03-06T09:00:00Z", revisit_on="2026-03-20"),
+            intake("E", at="2026-03-02T09:00:00Z", owner="ana"),
+            score("E", 5, 5, 5, 5, at="2026-03-03T09:00:00Z"),
+            decision("E", "decline", at="2026-03-20T09:00:00Z"),  # an override
+            revisit("E", "partner_returned", at="2026-03-25T09:00:00Z"),
+            escalation("globex", "p1", "partner_fired", 4, at="2026-03-10T09:00:00Z"),
+            escalation("globex", "p2", "partner_fired", 5, at="2026-03-20T09:00:00Z"),
+            escalation("initech", "p1", "complaint", 2, at="2026-03-11T09:00:00Z"),
+        ]
+    ]
+
+
+AS_OF = at("2026-03-31T12:00:00Z")
+
+
+def test_pipeline_lists_open_requests_with_age_and_recommendation() -> None:
+    folded = fold(history())
+    rows = pipeline(folded.requests.values(), AS_OF, POLICY)
+    assert [r["request_id"] for r in rows] == ["A", "B", "E"]
+    a = rows[0]
+    assert (a["stage"], a["latest_adjusted_score"], a["recommendation"]) == (
+        "scored",
+        3.5,
+        "conditional_no",
+    )
+    assert a["age_days"] == 29 and a["business_age_days"] == 21
+    e = rows[2]
+    assert e["opened_at"] == "2026-03-25T09:00:00+00:00"  # the revisit restarted the clock
+    assert e["age_days"] == 6
+    assert [
+        r["request_id"] for r in pipeline(folded.requests.values(), AS_OF, POLICY, owner="ben")
+    ] == ["B"]
+    assert [
+        r["request_id"] for r in pipeline(folded.requests.values(), AS_OF, POLICY, stage="intake")
+    ] == ["B"]
+    assert (
+        pipeline(folded.requests.values(), AS_OF, POLICY, kind="vendor_support")[0]["request_id"]
+        == "B"
+    )
+
+
+def test_overdue_reasons() -> None:
+    folded = fold(history())
+    rows = overdue(folded.requests.values(), AS_OF, POLICY)
+    got = {(r["request_id"], r["reason"]): r["days_overdue"] for r in rows}
+    assert got == {
+        ("A", "decision_overdue"): 19.12,  # since 03-02 09:00 + 10 days
+        ("B", "decision_overdue"): 19.12,
+        ("D", "hold_overdue"): 15.12,
+        ("D", "revisit_overdue"): 11.0,  # revisit_on 03-20
+    }
+    # C's pilot review (03-05 + 45 days = 04-19) is not due; E reopened 6 days ago
+    assert overdue(folded.requests.values(), AS_OF, POLICY, days=30) == [
+        r for r in rows if r["reason"] == "revisit_overdue"
+    ]
+    late = overdue(folded.requests.values(), at("2026-04-21T00:00:00Z"), POLICY)
+    assert ("C", "pilot_review_overdue") not in {(r["request_id"], r["reason"]) for r in late}
+
+
+def test_pilot_review_overdue_without_a_later_decision() -> None:
+    events = [ev(intake("P")), ev(decision("P", "provisional_yes", at="2026-03-05T09:00:00Z"))]
+    states = fold(events).requests.values()
+    assert overdue(states, at("2026-04-19T23:59:00Z"), POLICY) == []
+    rows = overdue(states, at("2026-04-20T08:00:00Z"), POLICY)
+    assert [(r["reason"], r["days_overdue"]) for r in rows] == [("pilot_review_overdue", 1.0)]
+
+
+def test_overdue_boundaries_exactly_ten_days() -> None:
+    states = fold([ev(intake("X", at="2026-03-02T09:00:00Z"))]).requests.values()
+    assert overdue(states, at("2026-03-12T09:00:00Z"), POLICY) == []
+    assert overdue(states, at("2026-03-12T09:00:01Z"), POLICY)[0]["reason"] == "decision_overdue"
+    # business days: ten business days after Monday 03-02 is Monday 03-16
+    assert overdue(states, at("2026-03-16T09:00:00Z"), POLICY, unit="business") == []
+    assert len(overdue(states, at("2026-03-16T09:00:01Z"), POLICY, unit="business")) == 1
+
+
+def test_abuse_flags_customers_with_reasons() -> None:
+    folded = fold(history())
+    rows = abuse(folded.customers.values(), POLICY)
+    assert [r["customer_id"] for r in rows] == ["globex", "initech"]
+    globex = rows[0]
+    assert globex["flagged"] and globex["reasons"] == ["2 partners fired (>= 2)"]
+    assert (globex["partners_fired"], globex["distinct_partners"], globex["severity_score"]) == (
+        2,
+        2,
+        9,
+    )
+    assert globex["by_kind"] == {"partner_fired": 2}
+    assert globex["last_escalation_at"] == "2026-03-20T09:00:00+00:00"
+    assert [r["customer_id"] for r in abuse(folded.customers.values(), POLICY, flagged=False)] == [
+        "initech"
+    ]
+    assert len(customer_view(folded.customers["globex"], POLICY)["history"]) == 2
+
+
+def test_metrics() -> None:
+    folded = fold(history())
+    early = metrics(folded.requests.values(), AS_OF, POLICY)
+    assert early["by_outcome"] == {"decline": 1, "hold": 1, "provisional_yes": 1}
+    assert early["pilot_success_rate"] is None  # C's 90-day window is still open
+    m = metrics(folded.requests.values(), at("2026-06-30T00:00:00Z"), POLICY)
+    assert m["by_outcome"] == {"decline": 1, "hold": 1, "provisional_yes": 1, "scaled": 1}
+    assert m["decisions"] == 4
+    # cycles: C 03-04 -> 03-05 (1), D 03-02 -> 03-06 (4), E 03-02 -> 03-20 (14)
+    assert m["median_business_days_to_decision"] == 4.0
+    assert m["p90_business_days_to_decision"] == 14 - (14 - 4) * 0.2
+    assert m["share_decided_within_target"] == round(2 / 3, 4)
+    assert m["revisit_rate"] == round(1 / 3, 4)
+    assert m["pilot_success_rate"] == 1.0  # C scaled 46 days after its pilot began
+    assert m["override_rate"] == round(2 / 3, 4)  # D (recommended yes, held), E (declined)
+
+
+def test_request_view_has_the_timeline() -> None:
+    view = request_view(fold(history()).requests["E"], AS_OF, POLICY)
+    assert [t["type"] for t in view["timeline"]] == ["intake", "score", "decision", "revisit"]
+    assert (view["status"], view["revisits"], view["last_outcome"]) == ("open", 1, "decline")
+
+
+# --- idempotence: redelivered and interleaved logs fold to the same read models -------
+
+
+def lifecycle(request: str) -> st.SearchStrategy[list[dict[str, Any]]]:
+    """A valid history for one request (what the validator lets through)."""
+    steps = st.lists(st.sampled_from(["score", "decide", "revisit"]), max_size=8)
+
+    def build(kinds: list[str]) -> list[dict[str, Any]]:
+        out = [intake(request, at="2026-03-02T09:00:00Z")]
+        decided, yes = False, False
+        for i, kind in enumerate(kinds):
+            stamp = f"2026-03-{3 + i:02d}T09:00:00Z"
+            if kind == "score":
+                out.append(score(request, 3, 4, 5, i % 6, name=f"{request}-s{i}", at=stamp))
+            elif kind == "decide":
+                outcome = ["provisional_yes", "conditional_no", "decline", "hold"][i % 4]
+                if yes and i % 3 == 0:
+                    outcome = "scaled"
+                yes = yes or outcome == "provisional_yes"
+                out.append(decision(request, outcome, name=f"{request}-d{i}", at=stamp))
+                decided = True
+            elif decided:
+                out.append(revisit(request, name=f"{request}-r{i}", at=stamp))
+                decided = False
+        return out
+
+    return steps.map(build)
+
+
+def escalations(customer: str) -> st.SearchStrategy[list[dict[str, Any]]]:
+    kinds = st.sampled_from(["partner_fired", "abusive_conduct", "complaint"])
+    return st.lists(st.tuples(kinds, st.integers(1, 4)), max_size=6).map(
+        lambda items: [
+            escalation(
+                customer,
+                f"p{n}",
+                kind,
+                3,
+                name=f"{customer}-{i}",
+                at=f"2026-03-{10 + i:02d}T09:00:00Z",
+            )
+            for i, (kind, n) in enumerate(items)
+        ]
+    )
+
+
+logs = st.tuples(
+    st.lists(st.sampled_from("QRSTU"), unique=True, max_size=5).flatmap(
+        lambda ids: st.tuples(*[lifecycle(i) for i in ids])
+    ),
+    st.lists(st.sampled_from(["k1", "k2", "k3"]), unique=True, max_size=3).flatmap(
+        lambda ids: st.tuples(*[escalations(i) for i in ids])
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(logs, st.randoms(use_true_random=False))
+def test_shuffled_duplicated_log_folds_like_the_clean_log(logs_: Any, rnd: Any) -> None:
+    per_key = [list(seq) for seq in (*logs_[0], *logs_[1]) if seq]
+    clean = [ev(p) for seq in per_key for p in seq]
+    # interleave keys at random, keep each key's order, and redeliver some events later
+    queues = [list(seq) for seq in per_key]
+    dirty: list[AnyEvent] = []
+    delivered: list[dict[str, Any]] = []
+    while any(queues):
+        queue = rnd.choice([q for q in queues if q])
+        payload = queue.pop(0)
+        dirty.append(ev(payload))
+        delivered.append(payload)
+        if rnd.random() < 0.3:  # a redelivery of something already delivered
+            dirty.append(ev(rnd.choice(delivered)))
+    a, b = fold(clean), fold(dirty)
+    assert a.requests == b.requests and a.customers == b.customers
+    assert pipeline(a.requests.values(), AS_OF, POLICY) == pipeline(
+        reversed(list(b.requests.values())), AS_OF, POLICY
+    )
+    assert overdue(a.requests.values(), AS_OF, POLICY) == overdue(
+        b.requests.values(), AS_OF, POLICY
+    )
+    assert metrics(a.requests.values(), AS_OF, POLICY) == metrics(
+        b.requests.values(), AS_OF, POLICY
+    )
+    assert abuse(a.customers.values(), POLICY) == abuse(
+        reversed(list(b.customers.values())), POLICY
+    )
