@@ -36,8 +36,12 @@ def history(events: int) -> list[tuple[bytes, bytes]]:
             ("score", {"fit": 4, "advantage": 4, "integrity": 4, "readiness": 4}),
             ("decision", {"outcome": "decline", "rationale": "r"}),
         ):
-            payload = {**base, "event_id": str(uuid.uuid4()), "type": kind,
-                       "data": {"request_id": request, **data}}
+            payload = {
+                **base,
+                "event_id": str(uuid.uuid4()),
+                "type": kind,
+                "data": {"request_id": request, **data},
+            }
             out.append((request.encode(), orjson.dumps(payload)))
     return out[:events]
 
@@ -48,19 +52,27 @@ async def run(events: int, bootstrap: str, settings: Settings) -> None:
     async with Publisher(settings, bootstrap) as publisher:
         await publisher.send_raw(publisher.topics.inbox, messages)
     published = time.perf_counter() - started
-    print(f"published {len(messages)} events in {published:.1f}s "
-          f"({len(messages) / published:,.0f}/s)")
+    print(
+        f"published {len(messages)} events in {published:.1f}s ({len(messages) / published:,.0f}/s)"
+    )
     worker = start_worker(settings, bootstrap)
     try:
         topics = Topics(settings.topic_prefix)
         started = time.perf_counter()
-        seen = await collect(settings, bootstrap, [topics.events, topics.rejected],
-                             lambda c: c.total() >= len(messages), timeout=1800)
+        seen = await collect(
+            settings,
+            bootstrap,
+            [topics.events, topics.rejected],
+            lambda c: c.total() >= len(messages),
+            timeout=1800,
+        )
         elapsed = time.perf_counter() - started
     finally:
         stop_process(worker)
-    print(f"validated {seen.total()} events in {elapsed:.1f}s incl. worker start-up "
-          f"({seen.total() / elapsed:,.0f} events/s)")
+    print(
+        f"validated {seen.total()} events in {elapsed:.1f}s incl. worker start-up "
+        f"({seen.total() / elapsed:,.0f} events/s)"
+    )
 
 
 def main() -> None:
@@ -68,8 +80,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
-        settings = Settings(broker=broker.bootstrap, topic_prefix="bench.",
-                            data_dir=Path(tmp) / "data")
+        settings = Settings(
+            broker=broker.bootstrap, topic_prefix="bench.", data_dir=Path(tmp) / "data"
+        )
         asyncio.run(run(args.events, broker.bootstrap, settings))
 
 
