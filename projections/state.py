@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from events.schema import AnyEvent, IntakeData, ScoreData
+from events.schema import AnyEvent, Event, IntakeData, ScoreData
 
 PILOT_REVIEW_DEFAULT = timedelta(days=45)
 
@@ -54,6 +54,7 @@ class RequestState(_Frozen):
     revisits: int = 0
     timeline: tuple[TimelineEntry, ...] = ()
     event_ids: frozenset[str] = frozenset()
+    history: tuple[Event, ...] = ()  # the events applied, in log order (for as_of views)
 
     @property
     def stage(self) -> Literal["intake", "scored", "decided"]:
@@ -80,6 +81,17 @@ class CustomerState(_Frozen):
     customer_id: str
     escalations: tuple[EscalationRecord, ...] = ()
     event_ids: frozenset[str] = frozenset()
+
+    def as_of(self, instant: datetime) -> CustomerState | None:
+        """This customer as the ledger knew it at `instant` (None: nothing yet)."""
+        kept = tuple(e for e in self.escalations if e.occurred_at <= instant)
+        if len(kept) == len(self.escalations):
+            return self
+        if not kept:
+            return None
+        return self.model_copy(
+            update={"escalations": kept, "event_ids": frozenset(e.event_id for e in kept)}
+        )
 
 
 def _entry(event: AnyEvent, summary: str) -> TimelineEntry:
@@ -109,10 +121,12 @@ def apply_request(state: RequestState | None, event: AnyEvent) -> RequestState |
             clock_started_at=opened,
             timeline=(_entry(event, f"intake: {data.title}"),),
             event_ids=frozenset({event_id}),
+            history=(event,),
         )
     if state is None:
         return None  # not taken in: the validator refuses these
     seen = state.event_ids | {event_id}
+    history = (*state.history, event)
     if event.type == "score":
         s = event.data
         summary = f"score: F{s.fit} A{s.advantage} I{s.integrity} R{s.readiness}"
@@ -122,6 +136,7 @@ def apply_request(state: RequestState | None, event: AnyEvent) -> RequestState |
                 "scored_at": event.occurred_at,
                 "timeline": (*state.timeline, _entry(event, summary)),
                 "event_ids": seen,
+                "history": history,
             }
         )
     if event.type == "decision":
@@ -145,6 +160,7 @@ def apply_request(state: RequestState | None, event: AnyEvent) -> RequestState |
                 "decisions": (*state.decisions, record),
                 "timeline": (*state.timeline, _entry(event, f"decision: {d.outcome}")),
                 "event_ids": seen,
+                "history": history,
             }
         )
     # revisit: the request is open again and its decision clock restarts
@@ -155,6 +171,7 @@ def apply_request(state: RequestState | None, event: AnyEvent) -> RequestState |
             "revisits": state.revisits + 1,
             "timeline": (*state.timeline, _entry(event, f"revisit: {event.data.trigger}")),
             "event_ids": seen,
+            "history": history,
         }
     )
 
@@ -183,3 +200,14 @@ def apply_customer(state: CustomerState | None, event: AnyEvent) -> CustomerStat
             "event_ids": state.event_ids | {event_id},
         }
     )
+
+
+def request_as_of(state: RequestState, instant: datetime) -> RequestState | None:
+    """The request as the ledger knew it at `instant`: its events up to then, refolded."""
+    if all(e.occurred_at <= instant for e in state.history):
+        return state
+    refolded: RequestState | None = None
+    for event in state.history:
+        if event.occurred_at <= instant:
+            refolded = apply_request(refolded, event)
+    return refolded

@@ -15,7 +15,7 @@ from typing import Any
 
 from ledger.calendar import BusinessCalendar, Unit
 from ledger.policy import Policy, assess
-from projections.state import CustomerState, DecisionRecord, RequestState
+from projections.state import CustomerState, DecisionRecord, RequestState, request_as_of
 
 Row = dict[str, Any]
 RECOMMENDABLE = ("provisional_yes", "conditional_no", "decline", "hold")
@@ -23,6 +23,15 @@ RECOMMENDABLE = ("provisional_yes", "conditional_no", "decline", "hold")
 
 def calendar_of(policy: Policy) -> BusinessCalendar:
     return BusinessCalendar.of(policy.decisions.holidays)
+
+
+def known_requests(states: Iterable[RequestState], as_of: datetime) -> list[RequestState]:
+    """Each request as the ledger knew it at `as_of` (requests not yet taken in are left out)."""
+    return [r for r in (request_as_of(s, as_of) for s in states) if r is not None]
+
+
+def known_customers(customers: Iterable[CustomerState], as_of: datetime) -> list[CustomerState]:
+    return [c for c in (c.as_of(as_of) for c in customers) if c is not None]
 
 
 def _recommendation(state: RequestState, policy: Policy) -> tuple[float | None, str | None]:
@@ -43,7 +52,7 @@ def pipeline(
     """Open requests (undecided, or reopened), oldest first."""
     cal = calendar_of(policy)
     rows = []
-    for s in states:
+    for s in known_requests(states, as_of):
         if s.status != "open":
             continue
         if (owner and s.intake.owner != owner) or (kind and s.intake.kind != kind):
@@ -117,7 +126,7 @@ def overdue(
     """Overdue "maybes", most overdue first."""
     threshold = policy.decisions.overdue_days if days is None else days
     rows = []
-    for s in states:
+    for s in known_requests(states, as_of):
         for reason, since, over in overdue_reasons(s, as_of, policy, threshold, unit):
             rows.append(
                 {
@@ -163,10 +172,13 @@ def customer_pattern(c: CustomerState, policy: Policy) -> Row:
 
 
 def abuse(
-    customers: Iterable[CustomerState], policy: Policy, flagged: bool | None = None
+    customers: Iterable[CustomerState],
+    as_of: datetime,
+    policy: Policy,
+    flagged: bool | None = None,
 ) -> list[Row]:
-    """Per-customer patterns, flagged and most severe first."""
-    rows = [customer_pattern(c, policy) for c in customers]
+    """Per-customer patterns as of `as_of`, flagged and most severe first."""
+    rows = [customer_pattern(c, policy) for c in known_customers(customers, as_of)]
     if flagged is not None:
         rows = [r for r in rows if r["flagged"] == flagged]
     return sorted(rows, key=lambda r: (not r["flagged"], -r["severity_score"], r["customer_id"]))
@@ -197,8 +209,8 @@ def metrics(states: Iterable[RequestState], as_of: datetime, policy: Policy) -> 
     pilots = pilots_scaled = 0
     recommended = overridden = 0
     success_window = timedelta(days=rules.pilot_success_days)
-    for s in states:
-        decisions = [d for d in s.decisions if d.occurred_at <= as_of]
+    for s in known_requests(states, as_of):
+        decisions = list(s.decisions)
         if not decisions:
             continue
         decided_requests += 1
@@ -239,8 +251,11 @@ def _scaled_within(decisions: list[DecisionRecord], yes: DecisionRecord, window:
     )
 
 
-def request_view(s: RequestState, as_of: datetime, policy: Policy) -> Row:
-    """One request's current state and full timeline."""
+def request_view(state: RequestState, as_of: datetime, policy: Policy) -> Row | None:
+    """One request's state and full timeline as of `as_of` (None: not taken in by then)."""
+    s = request_as_of(state, as_of)
+    if s is None:
+        return None
     adjusted, recommendation = _recommendation(s, policy)
     last = s.last_decision
     return {
@@ -268,8 +283,11 @@ def request_view(s: RequestState, as_of: datetime, policy: Policy) -> Row:
     }
 
 
-def customer_view(c: CustomerState, policy: Policy) -> Row:
-    """One customer's pattern and escalation history."""
+def customer_view(customer: CustomerState, as_of: datetime, policy: Policy) -> Row | None:
+    """One customer's pattern and escalation history as of `as_of`."""
+    c = customer.as_of(as_of)
+    if c is None:
+        return None
     return {
         **customer_pattern(c, policy),
         "history": [e.model_dump(mode="json") for e in c.escalations],

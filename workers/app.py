@@ -7,6 +7,7 @@ from faust.auth import SASLCredentials, SSLCredentials
 
 from ledger.config import Settings
 from ledger.topics import Topics
+from workers.projector import register_projector
 from workers.validator import register_validator
 
 
@@ -43,5 +44,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         producer_acks=-1,
         web_enabled=False,
     )
-    register_validator(app, Topics(settings.topic_prefix), settings)
+    topics = Topics(settings.topic_prefix)
+    register_validator(app, topics, settings)
+    register_projector(app, topics, settings)
     return app

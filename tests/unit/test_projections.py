@@ -117,7 +117,7 @@ def test_overdue_boundaries_exactly_ten_days() -> None:
 
 def test_abuse_flags_customers_with_reasons() -> None:
     folded = fold(history())
-    rows = abuse(folded.customers.values(), POLICY)
+    rows = abuse(folded.customers.values(), AS_OF, POLICY)
     assert [r["customer_id"] for r in rows] == ["globex", "initech"]
     globex = rows[0]
     assert globex["flagged"] and globex["reasons"] == ["2 partners fired (>= 2)"]
@@ -128,10 +128,11 @@ def test_abuse_flags_customers_with_reasons() -> None:
     )
     assert globex["by_kind"] == {"partner_fired": 2}
     assert globex["last_escalation_at"] == "2026-03-20T09:00:00+00:00"
-    assert [r["customer_id"] for r in abuse(folded.customers.values(), POLICY, flagged=False)] == [
-        "initech"
-    ]
-    assert len(customer_view(folded.customers["globex"], POLICY)["history"]) == 2
+    calm = abuse(folded.customers.values(), AS_OF, POLICY, flagged=False)
+    assert [r["customer_id"] for r in calm] == ["initech"]
+    view = customer_view(folded.customers["globex"], AS_OF, POLICY)
+    assert view is not None and len(view["history"]) == 2
+    assert customer_view(folded.customers["globex"], at("2026-03-01T00:00:00Z"), POLICY) is None
 
 
 def test_metrics() -> None:
@@ -153,6 +154,7 @@ def test_metrics() -> None:
 
 def test_request_view_has_the_timeline() -> None:
     view = request_view(fold(history()).requests["E"], AS_OF, POLICY)
+    assert view is not None
     assert [t["type"] for t in view["timeline"]] == ["intake", "score", "decision", "revisit"]
     assert (view["status"], view["revisits"], view["last_outcome"]) == ("open", 1, "decline")
 
@@ -240,6 +242,35 @@ def test_shuffled_duplicated_log_folds_like_the_clean_log(logs_: Any, rnd: Any) 
     assert metrics(a.requests.values(), AS_OF, POLICY) == metrics(
         b.requests.values(), AS_OF, POLICY
     )
-    assert abuse(a.customers.values(), POLICY) == abuse(
-        reversed(list(b.customers.values())), POLICY
+    assert abuse(a.customers.values(), AS_OF, POLICY) == abuse(
+        reversed(list(b.customers.values())), AS_OF, POLICY
     )
+
+
+def test_states_roundtrip_through_json() -> None:
+    import orjson
+
+    from projections.state import CustomerState, RequestState
+
+    folded = fold(history())
+    for state in folded.requests.values():
+        raw = orjson.loads(orjson.dumps(state.model_dump(mode="json")))
+        assert RequestState.model_validate(raw) == state
+    for customer in folded.customers.values():
+        raw = orjson.loads(orjson.dumps(customer.model_dump(mode="json")))
+        assert CustomerState.model_validate(raw) == customer
+
+
+def test_as_of_in_the_past_sees_the_ledger_as_it_was() -> None:
+    folded = fold(history())
+    before = at("2026-03-22T00:00:00Z")  # E declined on 03-20, revisited on 03-25
+    open_then = [r["request_id"] for r in pipeline(folded.requests.values(), before, POLICY)]
+    assert open_then == ["A", "B"]
+    e = request_view(folded.requests["E"], before, POLICY)
+    assert e is not None and e["status"] == "decided" and len(e["timeline"]) == 3
+    assert request_view(folded.requests["C"], at("2026-03-01T00:00:00Z"), POLICY) is None
+    early = abuse(folded.customers.values(), at("2026-03-15T00:00:00Z"), POLICY)
+    assert [(r["customer_id"], r["flagged"]) for r in early] == [
+        ("globex", False),
+        ("initech", False),
+    ]

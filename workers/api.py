@@ -1,0 +1,269 @@
+"""The query API (CONTRACT section 5), on aiohttp, over a `ReadModel`.
+
+It runs in its own process (`python -m workers.api`, started by `ledger up`): it folds
+nothing itself, it reads the projector's changelogs, so any number of API processes
+give the same answers whichever workers own which partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hmac
+import io
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from ledger.config import Settings
+from ledger.intake import parse_body
+from ledger.policy import Policy, load_policy
+from ledger.publisher import Publisher
+from projections import views
+from workers.readmodel import ReadModel
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+READ_MODEL: web.AppKey[ReadModel] = web.AppKey("read_model", ReadModel)
+PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher", Publisher)
+
+
+class Problem(web.HTTPException):
+    """An error answered as JSON: {"error": ..., "detail": ...}."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        self.status_code = status
+        body = orjson.dumps({"error": error, "detail": detail})
+        super().__init__(body=body, content_type="application/json")
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return "" if value is None else value
+
+
+def to_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """Rows as CSV; nested values are JSON in their cell, None is empty."""
+    columns = columns or (list(rows[0]) if rows else [])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+    return buffer.getvalue()
+
+
+def _wants_csv(request: web.Request) -> bool:
+    fmt = request.query.get("format")
+    if fmt is not None:
+        if fmt not in ("json", "csv"):
+            raise Problem(422, "invalid_parameter", {"format": "must be json or csv"})
+        return fmt == "csv"
+    return "text/csv" in request.headers.get("Accept", "")
+
+
+def _listing(request: web.Request, rows: list[dict[str, Any]], columns: list[str]) -> web.Response:
+    if _wants_csv(request):
+        return web.Response(text=to_csv(rows, columns), content_type="text/csv")
+    return _json(rows)
+
+
+class Api:
+    def __init__(self, settings: Settings, policy: Policy) -> None:
+        self.settings = settings
+        self.policy = policy
+
+    # -- parameters ----------------------------------------------------------------
+    def now(self) -> datetime:
+        if self.settings.clock:
+            return parse_instant(self.settings.clock, "LEDGER_CLOCK")
+        return datetime.now(UTC)
+
+    def as_of(self, request: web.Request) -> datetime:
+        raw = request.query.get("as_of")
+        return self.now() if raw is None else parse_instant(raw, "as_of")
+
+    # -- routes --------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        model = request.app[READ_MODEL]
+        return _json(
+            {
+                "status": "ok",
+                "ready": model.ready.is_set(),
+                "broker_reachable": model.broker_reachable,
+                "read_model_lag": model.lag(),
+                "events_folded": model.events_folded(),
+                "requests": len(model.requests()),
+                "customers": len(model.customers()),
+            }
+        )
+
+    async def pipeline(self, request: web.Request) -> web.Response:
+        q = request.query
+        stage = q.get("stage")
+        if stage is not None and stage not in ("intake", "scored"):
+            raise Problem(422, "invalid_parameter", {"stage": "must be intake or scored"})
+        rows = views.pipeline(
+            request.app[READ_MODEL].requests(),
+            self.as_of(request),
+            self.policy,
+            owner=q.get("owner"),
+            kind=q.get("kind"),
+            stage=stage,
+        )
+        return _listing(request, rows, PIPELINE_COLUMNS)
+
+    async def overdue(self, request: web.Request) -> web.Response:
+        days = None
+        if "days" in request.query:
+            try:
+                days = int(request.query["days"])
+            except ValueError:
+                raise Problem(422, "invalid_parameter", {"days": "must be an integer"}) from None
+            if days < 0:
+                raise Problem(422, "invalid_parameter", {"days": "must be at least 0"})
+        rows = views.overdue(
+            request.app[READ_MODEL].requests(),
+            self.as_of(request),
+            self.policy,
+            days=days if days is not None else self.settings.overdue_days,
+            unit=self.settings.overdue_unit,
+        )
+        return _listing(request, rows, OVERDUE_COLUMNS)
+
+    async def abuse(self, request: web.Request) -> web.Response:
+        raw = request.query.get("flagged")
+        flagged = None
+        if raw is not None:
+            if raw not in ("true", "false"):
+                raise Problem(422, "invalid_parameter", {"flagged": "must be true or false"})
+            flagged = raw == "true"
+        model = request.app[READ_MODEL]
+        rows = views.abuse(model.customers(), self.as_of(request), self.policy, flagged)
+        return _listing(request, rows, ABUSE_COLUMNS)
+
+    async def customer(self, request: web.Request) -> web.Response:
+        customer_id = request.match_info["customer_id"]
+        state = request.app[READ_MODEL].customer(customer_id)
+        view = (
+            None if state is None else views.customer_view(state, self.as_of(request), self.policy)
+        )
+        if view is None:
+            raise Problem(404, "not_found", f"no escalations recorded for customer {customer_id}")
+        if _wants_csv(request):
+            return web.Response(text=to_csv(view["history"]), content_type="text/csv")
+        return _json(view)
+
+    async def request_(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["request_id"]
+        state = request.app[READ_MODEL].request(request_id)
+        view = (
+            None if state is None else views.request_view(state, self.as_of(request), self.policy)
+        )
+        if view is None:
+            raise Problem(404, "not_found", f"no request {request_id} in the ledger")
+        if _wants_csv(request):
+            return web.Response(text=to_csv(view["timeline"]), content_type="text/csv")
+        return _json(view)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        row = views.metrics(request.app[READ_MODEL].requests(), self.as_of(request), self.policy)
+        if _wants_csv(request):
+            return web.Response(text=to_csv([row]), content_type="text/csv")
+        return _json(row)
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        rows = list(request.app[READ_MODEL].alerts)
+        return _listing(request, rows, ["alert_id", "kind", "subject_id", "raised_at", "details"])
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        parsed = parse_body(body)
+        if parsed.errors:  # nothing is published unless every item is valid
+            errors = [{"item": e.line, **e.error.as_dict()} for e in parsed.errors]
+            raise Problem(422, "invalid_events", errors)
+        if not parsed.good:
+            raise Problem(422, "invalid_events", [{"item": None, "message": "no events"}])
+        await request.app[PUBLISHER].publish(parsed.good)
+        return _json({"accepted": [str(e.event_id) for e, _ in parsed.good]}, status=202)
+
+
+PIPELINE_COLUMNS = [
+    "request_id", "kind", "title", "owner", "stage", "opened_at", "age_days",
+    "business_age_days", "latest_adjusted_score", "recommendation",
+]  # fmt: skip
+OVERDUE_COLUMNS = ["request_id", "reason", "owner", "title", "overdue_since", "days_overdue"]
+ABUSE_COLUMNS = [
+    "customer_id", "escalations", "by_kind", "distinct_partners", "partners_fired",
+    "severity_score", "last_escalation_at", "flagged", "reasons",
+]  # fmt: skip
+
+
+def parse_instant(raw: str, name: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise Problem(422, "invalid_parameter", {name: "must be an RFC 3339 timestamp"}) from None
+    if value.tzinfo is None:
+        raise Problem(422, "invalid_parameter", {name: "must carry a UTC offset"})
+    return value
+
+
+def _auth(token: str | None) -> Middleware:
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token and request.path != "/health":
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise Problem(401, "unauthorized", "a valid bearer token is required")
+        return await handler(request)
+
+    return check
+
+
+def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) -> web.Application:
+    api = Api(settings, policy or load_policy(settings.policy_file))
+    app = web.Application(middlewares=[_auth(settings.api_token)])
+    app.router.add_get("/health", api.health)
+    app.router.add_get("/pipeline", api.pipeline)
+    app.router.add_get("/overdue", api.overdue)
+    app.router.add_get("/customers/abuse", api.abuse)
+    app.router.add_get("/customers/{customer_id}", api.customer)
+    app.router.add_get("/requests/{request_id}", api.request_)
+    app.router.add_get("/metrics/decisions", api.metrics)
+    app.router.add_get("/alerts", api.alerts)
+    app.router.add_post("/events", api.post_events)
+
+    async def lifecycle(app: web.Application) -> Any:
+        model = ReadModel(settings, bootstrap)
+        app[READ_MODEL] = model
+        app[PUBLISHER] = await Publisher(settings, bootstrap).start()
+        task = asyncio.create_task(model.run())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await app[PUBLISHER].stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    if not settings.broker:
+        raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
+    app = build_app(settings, settings.broker)
+    print(f"ledger API on http://{settings.api_host}:{settings.api_port}", flush=True)  # noqa: T201
+    web.run_app(app, host=settings.api_host, port=settings.api_port, print=None)
+
+
+if __name__ == "__main__":
+    main()

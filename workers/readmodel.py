@@ -1,0 +1,165 @@
+"""The query side's copy of the read models: it tails the projector's table changelogs.
+
+Every API process reads *all* partitions of the request and customer changelogs (no
+consumer group), so each one holds every state, and a global list (pipeline, overdue,
+abuse) is the same whichever worker folded which partition, and however many there
+are. A changelog record is the whole state of one key; the newest wins. Records are
+parsed on first use and cached. It also keeps the newest alerts from `ledger.alerts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ledger.config import Settings
+from ledger.topics import Topics
+from projections.state import CustomerState, RequestState
+from workers.projector import table_names
+from workers.tables import END_MARKER_KEY
+
+MAX_ALERTS = 1000
+
+
+def changelog_topic(prefix: str, table: str) -> str:
+    """faust's name for a table's changelog: `<app id>-<table>-changelog`."""
+    return f"{prefix}ledger-{table}-changelog"
+
+
+class _Cache:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.raw: dict[str, bytes] = {}
+        self.parsed: dict[str, Any] = {}
+
+    def put(self, key: str, value: bytes | None) -> None:
+        self.parsed.pop(key, None)
+        if value is None:
+            self.raw.pop(key, None)
+        else:
+            self.raw[key] = value
+
+    def get(self, key: str) -> Any:
+        if key not in self.raw:
+            return None
+        state = self.parsed.get(key)
+        if state is None:
+            state = self.parsed[key] = self.model.model_validate(orjson.loads(self.raw[key]))
+        return state
+
+    def all(self) -> list[Any]:
+        return [self.get(key) for key in list(self.raw)]
+
+
+class ReadModel:
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        prefix = settings.topic_prefix
+        requests_table, customers_table = table_names(prefix)
+        self.topics = Topics(prefix)
+        self.requests_topic = changelog_topic(prefix, requests_table)
+        self.customers_topic = changelog_topic(prefix, customers_table)
+        self._caches = {
+            self.requests_topic: _Cache(RequestState),
+            self.customers_topic: _Cache(CustomerState),
+        }
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ALERTS)
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._consumer: AIOKafkaConsumer | None = None
+        self._targets: dict[TopicPartition, int] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self.ready = asyncio.Event()
+        self.broker_reachable = False
+
+    # -- queries -------------------------------------------------------------------
+    def requests(self) -> list[RequestState]:
+        return self._caches[self.requests_topic].all()
+
+    def customers(self) -> list[CustomerState]:
+        return self._caches[self.customers_topic].all()
+
+    def request(self, request_id: str) -> RequestState | None:
+        state: RequestState | None = self._caches[self.requests_topic].get(request_id)
+        return state
+
+    def customer(self, customer_id: str) -> CustomerState | None:
+        state: CustomerState | None = self._caches[self.customers_topic].get(customer_id)
+        return state
+
+    def events_folded(self) -> int:
+        """How many distinct ledger events the read models hold (for catching up)."""
+        return sum(len(s.event_ids) for s in self.requests()) + sum(
+            len(c.event_ids) for c in self.customers()
+        )
+
+    def lag(self) -> dict[str, int]:
+        """Records between this copy and the end of each changelog (per topic)."""
+        out: dict[str, int] = {}
+        for tp, end in self._targets.items():
+            behind = max(0, end - self._positions.get(tp, 0))
+            out[tp.topic] = out.get(tp.topic, 0) + behind
+        return out
+
+    # -- the tailing loop -----------------------------------------------------------
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+            **self._settings.kafka_client_options(),
+        )
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            partitions = await self._partitions(consumer)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            self._positions = dict(await consumer.beginning_offsets(partitions))
+            self._targets = dict(await consumer.end_offsets(partitions))
+            self.broker_reachable = True
+            refreshed = asyncio.get_running_loop().time()
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=20_000)
+                for tp, records in batches.items():
+                    self._apply(tp.topic, records)
+                    if records:
+                        self._positions[tp] = records[-1].offset + 1
+                if not self.ready.is_set() and self._reached_targets():
+                    self.ready.set()
+                now = asyncio.get_running_loop().time()
+                if now - refreshed > 5:  # for the lag figure in /health
+                    refreshed = now
+                    self._targets = dict(await consumer.end_offsets(partitions))
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        """Every partition of the changelogs and alerts, once they exist."""
+        names = [self.requests_topic, self.customers_topic, self.topics.alerts]
+        while True:
+            await consumer._client.force_metadata_update()
+            found = {name: consumer.partitions_for_topic(name) for name in names}
+            if all(found.values()):
+                return [TopicPartition(n, p) for n, ps in found.items() for p in sorted(ps or ())]
+            await asyncio.sleep(0.5)  # the workers create the changelogs when they start
+
+    def _reached_targets(self) -> bool:
+        return all(self._positions.get(tp, 0) >= end for tp, end in self._targets.items())
+
+    def _apply(self, topic: str, records: list[Any]) -> None:
+        if topic == self.topics.alerts:
+            for record in records:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    self.alerts.appendleft(orjson.loads(record.value))
+            return
+        cache = self._caches[topic]
+        for record in records:
+            if record.key is None or record.key == END_MARKER_KEY:
+                continue
+            cache.put(record.key.decode(), record.value)
