@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import urllib.parse
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -64,32 +65,131 @@ async def _publish(settings: Settings, bootstrap: str, good: list[tuple[AnyEvent
 
 @app.command()
 def up() -> None:
-    """Run the validator worker; with no LEDGER_BROKER, on an embedded broker."""
+    """Run the validator and projection workers and the query API (embedded broker if
+    LEDGER_BROKER is unset) until Ctrl-C."""
+    import time
+
     from ledger.runner import running_ledger
 
     settings = Settings()
-    with running_ledger(settings) as running:
-        where = "embedded Tansu" if running.broker else "LEDGER_BROKER"
-        out.print(f"ledger up: broker {running.bootstrap} ({where}); Ctrl-C stops it")
-        if running.broker:
-            out.print(f"  publish with: LEDGER_BROKER={running.bootstrap} ledger publish FILE")
-        try:
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            code = running.worker.wait()
-        except KeyboardInterrupt:
-            out.print("stopping…")
-            code = 0
-    raise typer.Exit(code)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        with running_ledger(settings) as running:
+            where = "embedded Tansu" if running.broker else "LEDGER_BROKER"
+            out.print(f"ledger up: broker {running.bootstrap} ({where})")
+            out.print(f"  API on http://{settings.api_host}:{settings.api_port}; Ctrl-C stops")
+            if running.broker:
+                out.print(f"  publish: LEDGER_BROKER={running.bootstrap} ledger publish FILE")
+            while running.worker.poll() is None and running.api.poll() is None:
+                time.sleep(0.5)
+            err.print("[red]a ledger process exited[/]; stopping the others")
+            raise typer.Exit(1)
+    except KeyboardInterrupt:
+        out.print("stopped")
 
 
 @app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="seconds to wait for the ledger")] = 120.0,
+    keep: Annotated[bool, typer.Option(help="keep the ledger running afterwards")] = False,
 ) -> None:
-    """Start everything on an embedded broker, push the sample history through, show it."""
+    """Start everything on an embedded broker, load a sample history, show the views."""
     from ledger.demo import run_demo
 
-    raise typer.Exit(run_demo(Settings(broker=None), out, timeout))
+    raise typer.Exit(run_demo(Settings(broker=None), out, timeout, keep))
+
+
+query_app = typer.Typer(help="Ask a running ledger (LEDGER_API_URL) for its read models.")
+app.add_typer(query_app, name="query")
+
+AsOf = Annotated[str | None, typer.Option("--as-of", help="RFC 3339 instant (default now)")]
+Json = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
+Csv = Annotated[bool, typer.Option("--csv", help="print CSV")]
+
+
+def _ask(what: str, path: str, params: dict[str, Any], as_json: bool, as_csv: bool) -> None:
+    from ledger.query import QueryError, decode, fetch, render
+
+    settings = Settings()
+    if as_json and as_csv:
+        err.print("choose one of --json and --csv")
+        raise typer.Exit(2)
+    try:
+        body = fetch(settings.api_url, path, params, settings.api_token, as_csv)
+    except QueryError as exc:
+        err.print(f"[red]{exc}[/]", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    if as_json or as_csv:
+        sys.stdout.write(body.decode() + ("" if body.endswith(b"\n") else "\n"))
+        return
+    render(out, what, decode(body))
+
+
+@query_app.command("pipeline")
+def query_pipeline(
+    owner: Annotated[str | None, typer.Option(help="only this owner")] = None,
+    kind: Annotated[str | None, typer.Option(help="only this request kind")] = None,
+    stage: Annotated[str | None, typer.Option(help="intake or scored")] = None,
+    as_of: AsOf = None,
+    json_: Json = False,
+    csv_: Csv = False,
+) -> None:
+    """Open requests: undecided, or reopened."""
+    params = {"owner": owner, "kind": kind, "stage": stage, "as_of": as_of}
+    _ask("pipeline", "/pipeline", params, json_, csv_)
+
+
+@query_app.command("overdue")
+def query_overdue(
+    days: Annotated[int | None, typer.Option(help="threshold in days")] = None,
+    as_of: AsOf = None,
+    json_: Json = False,
+    csv_: Csv = False,
+) -> None:
+    """Overdue maybes, with reason and days overdue."""
+    _ask("overdue", "/overdue", {"days": days, "as_of": as_of}, json_, csv_)
+
+
+@query_app.command("abuse")
+def query_abuse(
+    flagged: Annotated[bool | None, typer.Option("--flagged/--not-flagged")] = None,
+    as_of: AsOf = None,
+    json_: Json = False,
+    csv_: Csv = False,
+) -> None:
+    """Per-customer escalation patterns."""
+    flag = None if flagged is None else str(flagged).lower()
+    _ask("abuse", "/customers/abuse", {"flagged": flag, "as_of": as_of}, json_, csv_)
+
+
+@query_app.command("metrics")
+def query_metrics(as_of: AsOf = None, json_: Json = False, csv_: Csv = False) -> None:
+    """Decision metrics."""
+    _ask("metrics", "/metrics/decisions", {"as_of": as_of}, json_, csv_)
+
+
+@query_app.command("request")
+def query_request(
+    request_id: str, as_of: AsOf = None, json_: Json = False, csv_: Csv = False
+) -> None:
+    """One request's state and timeline."""
+    path = f"/requests/{urllib.parse.quote(request_id, safe='')}"
+    _ask("request", path, {"as_of": as_of}, json_, csv_)
+
+
+@query_app.command("customer")
+def query_customer(
+    customer_id: str, as_of: AsOf = None, json_: Json = False, csv_: Csv = False
+) -> None:
+    """One customer's pattern and escalation history."""
+    path = f"/customers/{urllib.parse.quote(customer_id, safe='')}"
+    _ask("customer", path, {"as_of": as_of}, json_, csv_)
+
+
+@query_app.command("alerts")
+def query_alerts(json_: Json = False, csv_: Csv = False) -> None:
+    """Recent alerts, newest first."""
+    _ask("alerts", "/alerts", {}, json_, csv_)
 
 
 def main() -> None:

@@ -1,8 +1,17 @@
-"""`ledger demo`: the sample history through a real (embedded) broker and validator."""
+"""`ledger demo`: the whole ledger on an embedded broker, fed a realistic history.
+
+It starts the broker, the workers and the API, publishes ~1,000 generated events (six
+months of partner operations) plus the hand-written `samples/sample.jsonl` (which
+includes messages the validator must refuse) through the inbox, waits until every
+message is judged and every accepted event is folded, then prints the views as of the
+end of the history (LEDGER_CLOCK), and says how to go on.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 from importlib.resources import files
 
 import orjson
@@ -10,11 +19,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ledger.broker import free_port
 from ledger.config import Settings
+from ledger.history import generate
 from ledger.publisher import Publisher
-from ledger.reader import Collected, collect
+from ledger.query import QueryError, decode, fetch, render
+from ledger.reader import Collected, Record, collect
 from ledger.runner import running_ledger
 from ledger.topics import Topics
+
+DEMO_CLOCK = datetime(2026, 6, 30, 9, 0, tzinfo=UTC)
 
 
 def sample_lines() -> list[bytes]:
@@ -22,7 +36,7 @@ def sample_lines() -> list[bytes]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _key_of(line: bytes) -> bytes | None:
+def key_of(line: bytes) -> bytes | None:
     """The key a CRM would use; garbage lines have none."""
     try:
         data = orjson.loads(line)["data"]
@@ -32,38 +46,113 @@ def _key_of(line: bytes) -> bytes | None:
     return key.encode() if isinstance(key, str) else None
 
 
-async def _push_and_collect(
-    settings: Settings, bootstrap: str, console: Console, timeout: float
+def demo_messages() -> list[tuple[bytes | None, bytes]]:
+    lines = [orjson.dumps(e) for e in generate(until=DEMO_CLOCK)] + sample_lines()
+    return [(key_of(x), x) for x in lines]
+
+
+async def _judged(
+    settings: Settings, bootstrap: str, expected: int, progress: Progress, timeout: float
 ) -> Collected:
-    lines = sample_lines()
-    async with Publisher(settings, bootstrap) as publisher:
-        await publisher.send_raw(publisher.topics.inbox, [(_key_of(x), x) for x in lines])
     topics = Topics(settings.topic_prefix)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("validating", total=len(lines))
-        return await collect(
-            settings,
-            bootstrap,
-            [topics.events, topics.rejected],
-            until=lambda c: c.total() >= len(lines),
-            timeout=timeout,
-            on_progress=lambda c: progress.update(task, completed=c.total()),
-        )
-
-
-def run_demo(settings: Settings, console: Console, timeout: float) -> int:
-    topics = Topics(settings.topic_prefix)
-    with running_ledger(settings) as running:
-        console.print(f"embedded broker on {running.bootstrap}; validator started")
-        collected = asyncio.run(_push_and_collect(settings, running.bootstrap, console, timeout))
-    accepted = collected.records[topics.events]
-    rejected = collected.records[topics.rejected]
-    expected = len(sample_lines())
-    console.print(
-        f"\n{expected} inbox messages -> [green]{len(accepted)} accepted[/] into "
-        f"{topics.events}, [red]{len(rejected)} rejected[/] into {topics.rejected}"
+    task = progress.add_task("validating", total=expected)
+    return await collect(
+        settings,
+        bootstrap,
+        [topics.events, topics.rejected],
+        until=lambda c: c.total() >= expected,
+        timeout=timeout,
+        on_progress=lambda c: progress.update(task, completed=c.total()),
     )
-    table = Table("inbox p:offset", "code", "field", "reason", title="Rejected, with reasons")
+
+
+def _folded(settings: Settings, accepted: int, progress: Progress, timeout: float) -> bool:
+    task = progress.add_task("projecting", total=accepted)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            health = decode(fetch(settings.api_url, "/health", {}, settings.api_token, False))
+        except QueryError:
+            health = {"events_folded": 0}
+        progress.update(task, completed=health["events_folded"])
+        if health["events_folded"] >= accepted:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = False) -> int:
+    port = free_port(settings.api_host)
+    settings = settings.model_copy(
+        update={
+            "broker": None,
+            "clock": settings.clock or DEMO_CLOCK.isoformat(),
+            "api_port": port,
+            "api_url": f"http://{settings.api_host}:{port}",
+        }
+    )
+    messages = demo_messages()
+    with running_ledger(settings, quiet=True) as running:
+        console.print(
+            f"embedded broker on {running.bootstrap}; workers and API starting "
+            f"(logs in {settings.data_dir})"
+        )
+        started = time.monotonic()
+
+        async def publish() -> None:
+            async with Publisher(settings, running.bootstrap) as publisher:
+                await publisher.send_raw(publisher.topics.inbox, messages)
+
+        asyncio.run(publish())
+        with Progress(console=console, transient=True) as progress:
+            judged = asyncio.run(
+                _judged(settings, running.bootstrap, len(messages), progress, timeout)
+            )
+            topics = Topics(settings.topic_prefix)
+            accepted = {orjson.loads(r.value)["event_id"] for r in judged.records[topics.events]}
+            rejected = judged.records[topics.rejected]
+            folded = _folded(settings, len(accepted), progress, timeout)
+        elapsed = time.monotonic() - started
+        console.print(
+            f"{len(messages)} inbox messages: [green]{len(accepted)} accepted[/], "
+            f"[red]{len(rejected)} rejected[/]; projections caught up in "
+            f"{elapsed:.0f}s. Views as of {settings.clock}:\n"
+        )
+        if judged.total() < len(messages) or not folded:
+            console.print("[red]the ledger did not catch up in time[/]; see the logs")
+            return 1
+        _rejections(console, rejected)
+        for what, path, params in (
+            ("pipeline", "/pipeline", {}),
+            ("overdue", "/overdue", {}),
+            ("abuse", "/customers/abuse", {"flagged": "true"}),
+            ("metrics", "/metrics/decisions", {}),
+        ):
+            payload = decode(fetch(settings.api_url, path, params, settings.api_token, False))
+            if isinstance(payload, list) and len(payload) > 12:
+                console.print(f"[dim]{what}: the first 12 of {len(payload)}[/]")
+                payload = payload[:12]
+            render(console, what, payload)
+            console.print()
+        _next_steps(console, settings, keep)
+        if keep:
+            try:
+                while running.worker.poll() is None and running.api.poll() is None:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                console.print("stopped")
+    return 0
+
+
+def _rejections(console: Console, rejected: list[Record]) -> None:
+    table = Table(
+        "inbox p:offset",
+        "code",
+        "field",
+        "reason",
+        title=f"rejected, with reasons ({len(rejected)})",
+        title_justify="left",
+    )
     for record in rejected:
         doc = orjson.loads(record.value)
         for reason in doc["reasons"]:
@@ -74,7 +163,21 @@ def run_demo(settings: Settings, console: Console, timeout: float) -> int:
                 reason["message"],
             )
     console.print(table)
-    if len(accepted) + len(rejected) != expected:
-        console.print("[red]the validator did not account for every message in time[/]")
-        return 1
-    return 0
+    console.print()
+
+
+def _next_steps(console: Console, settings: Settings, keep: bool) -> None:
+    if keep:
+        console.print(
+            f"The ledger keeps running (Ctrl-C stops it). Try:\n"
+            f"  LEDGER_API_URL={settings.api_url} .venv/bin/ledger query request "
+            f"REQ-2001\n"
+            f"  LEDGER_API_URL={settings.api_url} .venv/bin/ledger query customer "
+            f"globex\n  curl '{settings.api_url}/overdue?format=csv'"
+        )
+    else:
+        console.print(
+            "To explore further: `.venv/bin/ledger demo --keep` leaves it running "
+            "for `ledger query pipeline|overdue|abuse|metrics|request ID|customer ID` "
+            "and the HTTP API (see README)."
+        )
