@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.broker import EmbeddedBroker
+from ledger.broker import EmbeddedBroker, free_port
 from ledger.config import Settings
 from ledger.runner import stop_process, worker_env
 
@@ -39,12 +39,16 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def settings(bootstrap: str, tmp_path: Path) -> Settings:
+    port = free_port()
     return Settings(
         broker=bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         data_dir=tmp_path / "data",
         session_timeout_s=6,
         partitions=4,
+        api_port=port,
+        api_url=f"http://127.0.0.1:{port}",
+        clock="2026-06-30T09:00:00+00:00",
     )
 
 
@@ -56,11 +60,12 @@ class Workers:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, module: str = "workers") -> subprocess.Popen[bytes]:
+        """Start `python -m <module>` (the stream workers, or `workers.api`)."""
         assert self.settings.broker is not None
-        log = (self.log_dir / f"worker-{len(self.processes)}.log").open("wb")
+        log = (self.log_dir / f"{module}-{len(self.processes)}.log").open("wb")
         process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "workers"],
+            [sys.executable, "-m", module],
             env=worker_env(self.settings, self.settings.broker),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,261 @@
+"""The query API on a real broker, checked against the pure folds of the same history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import signal
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from events import from_mapping
+from ledger.config import Settings
+from ledger.history import generate
+from ledger.policy import Policy
+from ledger.publisher import Publisher
+from projections import Folded, fold
+from projections.views import abuse, customer_view, metrics, overdue, pipeline, request_view
+from tests.factories import intake, score
+from tests.integration.conftest import Workers
+
+pytestmark = pytest.mark.integration
+POLICY = Policy()
+AS_OF = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+
+
+def known_history(requests: int = 80) -> list[dict[str, Any]]:
+    return generate(requests=requests, until=AS_OF, seed=11)
+
+
+async def publish(settings: Settings, events: list[dict[str, Any]]) -> None:
+    assert settings.broker is not None
+    async with Publisher(settings, settings.broker) as publisher:
+        messages = [(subject(e).encode(), orjson.dumps(e)) for e in events]
+        await publisher.send_raw(publisher.topics.inbox, messages)
+
+
+async def get(settings: Settings, path: str, **kw: Any) -> aiohttp.ClientResponse:
+    async with aiohttp.ClientSession() as http:
+        response = await http.get(settings.api_url + path, **kw)
+        await response.read()
+        return response
+
+
+async def get_json(settings: Settings, path: str) -> Any:
+    response = await get(settings, path)
+    assert response.status == 200, await response.text()
+    return orjson.loads(await response.read())
+
+
+async def wait_folded(
+    settings: Settings, expected: int, workers: Workers, timeout: float = 120
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    folded = -1
+    while asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            folded = (await get_json(settings, "/health"))["events_folded"]
+        if folded >= expected:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"only {folded} of {expected} events folded\n{workers.logs()}")
+
+
+def subject(event: dict[str, Any]) -> str:
+    data = event["data"]
+    return str(data["customer_id"] if event["type"] == "escalation" else data["request_id"])
+
+
+def rows_of_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def as_csv_cells(rows: list[dict[str, Any]], columns: list[str]) -> list[dict[str, str]]:
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, dict | list):
+            return orjson.dumps(v).decode()
+        return str(v)
+
+    return [{c: cell(r.get(c)) for c in columns} for r in rows]
+
+
+def expected_lists(folded: Folded) -> dict[str, Any]:
+    requests, customers = folded.requests.values(), folded.customers.values()
+    return {
+        "/pipeline": pipeline(requests, AS_OF, POLICY),
+        "/overdue": overdue(requests, AS_OF, POLICY),
+        "/customers/abuse": abuse(customers, AS_OF, POLICY),
+        "/metrics/decisions": metrics(requests, AS_OF, POLICY),
+    }
+
+
+def jsonish(value: Any) -> Any:
+    return orjson.loads(orjson.dumps(value))
+
+
+async def assert_lists_match(settings: Settings, folded: Folded) -> None:
+    for path, expected in expected_lists(folded).items():
+        assert await get_json(settings, path) == jsonish(expected), path
+
+
+async def test_every_route_answers_the_fold_of_the_log(
+    settings: Settings, workers: Workers
+) -> None:
+    events = known_history()
+    folded = fold(from_mapping(e) for e in events)
+    workers.start()
+    workers.start("workers.api")
+    await publish(settings, events)
+    await wait_folded(settings, len(events), workers)
+
+    await assert_lists_match(settings, folded)
+    some_request = sorted(folded.requests)[3]
+    assert await get_json(settings, f"/requests/{some_request}") == jsonish(
+        request_view(folded.requests[some_request], AS_OF, POLICY)
+    )
+    assert await get_json(settings, "/customers/globex") == jsonish(
+        customer_view(folded.customers["globex"], AS_OF, POLICY)
+    )
+
+    # filters and as_of
+    ana = pipeline(folded.requests.values(), AS_OF, POLICY, owner="a.lindqvist", stage="scored")
+    assert await get_json(settings, "/pipeline?owner=a.lindqvist&stage=scored") == jsonish(ana)
+    past = datetime.fromisoformat("2026-03-01T00:00:00+00:00")
+    assert await get_json(settings, "/overdue?as_of=2026-03-01T00:00:00%2B00:00&days=5") == (
+        jsonish(overdue(folded.requests.values(), past, POLICY, days=5))
+    )
+    flagged = [r for r in abuse(folded.customers.values(), AS_OF, POLICY) if r["flagged"]]
+    assert flagged and await get_json(settings, "/customers/abuse?flagged=true") == jsonish(flagged)
+
+    # CSV, by query parameter and by Accept header
+    csv_pipeline = await get(settings, "/pipeline?format=csv")
+    assert csv_pipeline.headers["Content-Type"].startswith("text/csv")
+    columns = [
+        "request_id",
+        "kind",
+        "title",
+        "owner",
+        "stage",
+        "opened_at",
+        "age_days",
+        "business_age_days",
+        "latest_adjusted_score",
+        "recommendation",
+    ]
+    expected_pipeline = pipeline(folded.requests.values(), AS_OF, POLICY)
+    assert rows_of_csv(await csv_pipeline.text()) == as_csv_cells(expected_pipeline, columns)
+    csv_abuse = await get(settings, "/customers/abuse", headers={"Accept": "text/csv"})
+    abuse_rows = rows_of_csv(await csv_abuse.text())
+    assert [r["customer_id"] for r in abuse_rows] == [
+        r["customer_id"] for r in abuse(folded.customers.values(), AS_OF, POLICY)
+    ]
+    assert (
+        orjson.loads(abuse_rows[0]["reasons"])
+        == abuse(folded.customers.values(), AS_OF, POLICY)[0]["reasons"]
+    )
+    csv_overdue = await get(settings, "/overdue?format=csv")
+    assert len(rows_of_csv(await csv_overdue.text())) == len(
+        overdue(folded.requests.values(), AS_OF, POLICY)
+    )
+
+    # errors
+    missing = await get(settings, "/requests/NOPE-1")
+    assert missing.status == 404
+    assert orjson.loads(await missing.read())["error"] == "not_found"
+    assert (await get(settings, "/customers/nobody")).status == 404
+    for bad in (
+        "/pipeline?as_of=yesterday",
+        "/pipeline?as_of=2026-03-01T00:00:00",
+        "/pipeline?stage=decided",
+        "/overdue?days=ten",
+        "/customers/abuse?flagged=1",
+        "/pipeline?format=xml",
+    ):
+        response = await get(settings, bad)
+        assert response.status == 422, bad
+        assert orjson.loads(await response.read())["error"] == "invalid_parameter"
+
+    health = await get_json(settings, "/health")
+    assert health["ready"] and health["broker_reachable"]
+    assert health["events_folded"] == len(events)
+    assert await get_json(settings, "/alerts") == []
+
+
+async def test_post_events_validates_all_or_nothing(settings: Settings, workers: Workers) -> None:
+    workers.start()
+    workers.start("workers.api")
+    await wait_folded(settings, 0, workers)
+    bad = score("P1", name="bad")
+    bad["data"]["fit"] = 9
+    async with aiohttp.ClientSession() as http:
+        refused = await http.post(
+            settings.api_url + "/events", data=orjson.dumps([intake("P1"), bad])
+        )
+        assert refused.status == 422
+        body = orjson.loads(await refused.read())
+        assert body["detail"] == [
+            {"item": 2, "code": "schema", "field": "data.fit", "message": "must be between 0 and 5"}
+        ]
+        accepted = await http.post(
+            settings.api_url + "/events", data=orjson.dumps([intake("P2"), score("P2")])
+        )
+        assert accepted.status == 202
+        ids = orjson.loads(await accepted.read())["accepted"]
+        assert ids == [intake("P2")["event_id"], score("P2")["event_id"]]
+    await wait_folded(settings, 2, workers)
+    view = await get_json(settings, "/requests/P2")
+    assert [t["type"] for t in view["timeline"]] == ["intake", "score"]
+    assert (await get(settings, "/requests/P1")).status == 404  # nothing half-written
+
+
+async def test_bearer_token_guards_every_route_but_health(
+    settings: Settings, workers: Workers
+) -> None:
+    workers.settings = settings.model_copy(update={"api_token": "s3cret"})
+    workers.start("workers.api")
+    await wait_folded(settings, 0, workers)
+    assert (await get(settings, "/health")).status == 200
+    for path in ("/pipeline", "/overdue", "/customers/abuse", "/metrics/decisions", "/alerts"):
+        assert (await get(settings, path)).status == 401
+        wrong = await get(settings, path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401
+        right = await get(settings, path, headers={"Authorization": "Bearer s3cret"})
+        assert right.status == 200, path
+
+
+async def test_sigkill_halfway_converges_to_the_fold(settings: Settings, workers: Workers) -> None:
+    events = known_history(200)
+    folded = fold(from_mapping(e) for e in events)
+    half = len(events) // 2
+    first = workers.start()
+    workers.start("workers.api")
+    await publish(settings, events[:half])
+    await wait_folded(settings, half // 3, workers)
+    first.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(first.wait, 30)
+    await publish(settings, events[half:])
+    workers.start()
+    await wait_folded(settings, len(events), workers, timeout=180)
+    await asyncio.sleep(2)  # anything counted twice would show up by now
+    health = await get_json(settings, "/health")
+    assert health["events_folded"] == len(events)
+    await assert_lists_match(settings, folded)
+
+
+async def test_two_workers_give_the_same_answers(settings: Settings, workers: Workers) -> None:
+    events = known_history(150)
+    folded = fold(from_mapping(e) for e in events)
+    workers.start()
+    workers.start()
+    workers.start("workers.api")
+    await publish(settings, events)
+    await wait_folded(settings, len(events), workers, timeout=180)
+    await assert_lists_match(settings, folded)
