@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     alert_webhooks: str = ""
     policy_file: Path | None = None
     data_dir: Path = Path(".ledger")
+    store: Literal["memory", "rocksdb"] = Field(
+        "memory", description="table store of the workers; rocksdb needs `pip install rocksdict`"
+    )
     # Tansu delays a new group's first join by half the session timeout: keep it short.
     session_timeout_s: float = Field(8.0, gt=0)
     batch_size: int = Field(2000, ge=1)

@@ -36,6 +36,7 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         LEDGER_API_PORT=str(settings.api_port),
         LEDGER_OVERDUE_DAYS=str(settings.overdue_days),
         LEDGER_OVERDUE_UNIT=settings.overdue_unit,
+        LEDGER_STORE=settings.store,
     )
     for name, value in (
         ("LEDGER_CLOCK", settings.clock),

@@ -33,7 +33,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         f"{settings.topic_prefix}ledger",
         broker=[f"kafka://{host}" for host in bootstrap.split(",")],
         broker_credentials=_credentials(settings),
-        store="memory://",
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         autodiscover=False,
         datadir=str(datadir),
         topic_partitions=settings.partitions,

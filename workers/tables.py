@@ -12,6 +12,11 @@ last batch. After each batch of changelog writes we therefore append one tiny ma
 record, in a batch of its own, to every partition we wrote: the reported end is then
 the true end. The marker's value is null, which recovery applies as a no-op delete of
 a key nobody uses. On Apache Kafka the marker is merely redundant.
+
+With the RocksDB store (`LEDGER_STORE=rocksdb`), faust keeps one database per
+partition and files a write under the partition of the event being processed; a batch
+spans partitions, so the value is put into the database of the partition its
+changelog record went to (the same partition, since tables are co-partitioned).
 """
 
 from __future__ import annotations
@@ -51,10 +56,17 @@ async def write_batch(app: faust.App, table: Any, values: Mapping[bytes, Any]) -
     store = table.data
     send = app.producer.send
     pending = []
-    for key, value in values.items():
-        store[key] = value
-        pending.append(await send(topic, key, orjson.dumps(value), None, None, None))
+    encoded = {key: orjson.dumps(value) for key, value in values.items()}
+    for key, raw in encoded.items():
+        pending.append(await send(topic, key, raw, None, None, None))
     written = await asyncio.gather(*pending)
     partitions = {metadata.partition for metadata in written}
+    if hasattr(store, "_db_for_partition"):  # RocksDB: one database per partition
+        for (key, raw), metadata in zip(encoded.items(), written, strict=True):
+            store._db_for_partition(metadata.partition).put(key, raw)
+            store._key_index[key] = metadata.partition
+    else:  # memory
+        for key, value in values.items():
+            store[key] = value
     markers = [await send(topic, END_MARKER_KEY, None, p, None, None) for p in partitions]
     await asyncio.gather(*markers)

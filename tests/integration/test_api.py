@@ -259,3 +259,23 @@ async def test_two_workers_give_the_same_answers(settings: Settings, workers: Wo
     await publish(settings, events)
     await wait_folded(settings, len(events), workers, timeout=180)
     await assert_lists_match(settings, folded)
+
+
+async def test_rocksdb_store_recovers_after_a_restart(settings: Settings, workers: Workers) -> None:
+    workers.settings = settings.model_copy(update={"store": "rocksdb"})
+    events = known_history(100)
+    folded = fold(from_mapping(e) for e in events)
+    half = len(events) // 2
+    first = workers.start()
+    workers.start("workers.api")
+    await publish(settings, events[:half])
+    await wait_folded(settings, half, workers)
+    first.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(first.wait, 60)
+    await publish(settings, events[half:])
+    workers.start()
+    await wait_folded(settings, len(events), workers)
+    await assert_lists_match(settings, folded)
+    assert list((settings.data_dir / "worker").rglob("*.sst")) or list(
+        (settings.data_dir / "worker").rglob("CURRENT")
+    ), "no RocksDB files were written"
