@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,10 @@ class Settings(BaseSettings):
     overdue_unit: Literal["calendar", "business"] = "calendar"
     alert_interval: float = Field(60.0, gt=0)
     alert_webhooks: str = ""
+    # webhook retries: exponential backoff from base to cap, with full jitter
+    alert_retry_base_s: float = Field(1.0, gt=0)
+    alert_retry_cap_s: float = Field(300.0, gt=0)
+    alert_timeout_s: float = Field(10.0, gt=0)
     policy_file: Path | None = None
     data_dir: Path = Path(".ledger")
     store: Literal["memory", "rocksdb"] = Field(
@@ -50,6 +55,25 @@ class Settings(BaseSettings):
         if not set(value) <= allowed:
             raise ValueError("may only contain letters, digits, '.', '_' and '-'")
         return value
+
+    @field_validator("clock")
+    @classmethod
+    def _clock_is_an_instant(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                instant = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError("must be an RFC 3339 timestamp") from None
+            if instant.tzinfo is None:
+                raise ValueError("must carry a UTC offset")
+        return value
+
+    def now(self) -> datetime:
+        """`LEDGER_CLOCK` if set, else the wall clock."""
+        return datetime.fromisoformat(self.clock) if self.clock else datetime.now(UTC)
+
+    def webhooks(self) -> list[str]:
+        return [url.strip() for url in self.alert_webhooks.split(",") if url.strip()]
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Security options for aiokafka clients (empty for plain text)."""

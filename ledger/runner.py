@@ -37,6 +37,10 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         LEDGER_OVERDUE_DAYS=str(settings.overdue_days),
         LEDGER_OVERDUE_UNIT=settings.overdue_unit,
         LEDGER_STORE=settings.store,
+        LEDGER_ALERT_INTERVAL=str(settings.alert_interval),
+        LEDGER_ALERT_WEBHOOKS=settings.alert_webhooks,
+        LEDGER_ALERT_RETRY_BASE_S=str(settings.alert_retry_base_s),
+        LEDGER_ALERT_RETRY_CAP_S=str(settings.alert_retry_cap_s),
     )
     for name, value in (
         ("LEDGER_CLOCK", settings.clock),

@@ -31,6 +31,11 @@ class Topics:
         return f"{self.prefix}ledger.alerts"
 
     @property
+    def deliveries(self) -> str:
+        """Webhook delivery status of each alert, keyed by alert_id (an addition to §2)."""
+        return f"{self.prefix}ledger.alert-deliveries"
+
+    @property
     def by_subject(self) -> str:
         """Internal: screened inbox messages re-keyed by their own request or customer."""
         return f"{self.prefix}ledger.validator-by-subject"
@@ -43,4 +48,5 @@ class Topics:
             self.events: FOREVER,  # the source of truth is never expired
             self.rejected: 30 * DAY_MS,
             self.alerts: FOREVER,
+            self.deliveries: 30 * DAY_MS,
         }

@@ -181,8 +181,11 @@ class Api:
         return _json(row)
 
     async def alerts(self, request: web.Request) -> web.Response:
-        rows = list(request.app[READ_MODEL].alerts)
-        return _listing(request, rows, ["alert_id", "kind", "subject_id", "raised_at", "details"])
+        rows = request.app[READ_MODEL].recent_alerts(self.settings.webhooks())
+        if "kind" in request.query:
+            rows = [r for r in rows if r["kind"] == request.query["kind"]]
+        columns = ["alert_id", "kind", "subject_id", "raised_at", "details", "deliveries"]
+        return _listing(request, rows, columns)
 
     async def post_events(self, request: web.Request) -> web.Response:
         body = await request.read()

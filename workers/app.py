@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 from faust.auth import SASLCredentials, SSLCredentials
 
 from ledger.config import Settings
 from ledger.topics import Topics
+from workers.dispatcher import Dispatcher
 from workers.projector import register_projector
 from workers.validator import register_validator
 
@@ -23,6 +26,18 @@ def _credentials(settings: Settings) -> object | None:
     if "ssl_context" in options:
         return SSLCredentials(options["ssl_context"])
     return None
+
+
+def register_dispatchers(app: faust.App, settings: Settings, bootstrap: str) -> None:
+    """One webhook dispatcher per URL in LEDGER_ALERT_WEBHOOKS, for the worker's lifetime."""
+    urls = settings.webhooks()
+    if not urls:
+        return
+
+    async def dispatch() -> None:
+        await asyncio.gather(*(Dispatcher(settings, bootstrap, url).run() for url in urls))
+
+    app.task(dispatch)
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -47,4 +62,5 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     topics = Topics(settings.topic_prefix)
     register_validator(app, topics, settings)
     register_projector(app, topics, settings)
+    register_dispatchers(app, settings, bootstrap)
     return app

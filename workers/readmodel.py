@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -67,7 +67,8 @@ class ReadModel:
             self.requests_topic: _Cache(RequestState),
             self.customers_topic: _Cache(CustomerState),
         }
-        self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ALERTS)
+        self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by alert_id, oldest first
+        self.deliveries: dict[str, dict[str, dict[str, Any]]] = {}  # alert_id -> url -> record
         self._settings = settings
         self._bootstrap = bootstrap
         self._consumer: AIOKafkaConsumer | None = None
@@ -90,6 +91,16 @@ class ReadModel:
     def customer(self, customer_id: str) -> CustomerState | None:
         state: CustomerState | None = self._caches[self.customers_topic].get(customer_id)
         return state
+
+    def recent_alerts(self, webhooks: list[str]) -> list[dict[str, Any]]:
+        """Alerts, newest first, each with its delivery status per webhook."""
+        rows = []
+        for alert in reversed(self.alerts.values()):
+            recorded = self.deliveries.get(alert.get("alert_id", ""), {})
+            urls = list(dict.fromkeys([*webhooks, *recorded]))
+            status = {url: recorded.get(url, {"status": "pending", "webhook": url}) for url in urls}
+            rows.append({**alert, "deliveries": status})
+        return rows
 
     def events_folded(self) -> int:
         """How many distinct ledger events the read models hold (for catching up)."""
@@ -141,7 +152,9 @@ class ReadModel:
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """Every partition of the changelogs and alerts, once they exist."""
-        names = [self.requests_topic, self.customers_topic, self.topics.alerts]
+        names = [
+            self.requests_topic, self.customers_topic, self.topics.alerts, self.topics.deliveries,
+        ]  # fmt: skip
         while True:
             await consumer._client.force_metadata_update()
             found = {name: consumer.partitions_for_topic(name) for name in names}
@@ -153,10 +166,20 @@ class ReadModel:
         return all(self._positions.get(tp, 0) >= end for tp, end in self._targets.items())
 
     def _apply(self, topic: str, records: list[Any]) -> None:
+        if topic == self.topics.deliveries:
+            for record in records:
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                    delivery = orjson.loads(record.value)
+                    by_url = self.deliveries.setdefault(delivery["alert_id"], {})
+                    by_url[delivery["webhook"]] = delivery
+            return
         if topic == self.topics.alerts:
             for record in records:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    self.alerts.appendleft(orjson.loads(record.value))
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                    alert = orjson.loads(record.value)
+                    self.alerts.setdefault(alert["alert_id"], alert)  # a repeat is the same alert
+            while len(self.alerts) > MAX_ALERTS:
+                self.alerts.popitem(last=False)
             return
         cache = self._caches[topic]
         for record in records:

@@ -22,7 +22,7 @@ changelog record went to (the same partition, since tables are co-partitioned).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import faust
@@ -65,8 +65,30 @@ async def write_batch(app: faust.App, table: Any, values: Mapping[bytes, Any]) -
         for (key, raw), metadata in zip(encoded.items(), written, strict=True):
             store._db_for_partition(metadata.partition).put(key, raw)
             store._key_index[key] = metadata.partition
-    else:  # memory
-        for key, value in values.items():
+    else:  # memory: remember each key's partition, so a revoked partition's keys are dropped
+        for (key, value), metadata in zip(values.items(), written, strict=True):
             store[key] = value
+            store._key_partition[key] = metadata.partition
     markers = [await send(topic, END_MARKER_KEY, None, p, None, None) for p in partitions]
     await asyncio.gather(*markers)
+
+
+def owned_items(app: faust.App, table: Any, source_topic: str) -> Iterator[tuple[int, bytes, Any]]:
+    """(partition, key, value) of the partitions this worker is active for (not standbys)."""
+    partitions = {
+        tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_topic
+    }
+    store = table.data
+    if hasattr(store, "_dbs"):  # RocksDB
+        for partition in partitions:
+            db = store._dbs.get(partition)
+            if db is None:
+                continue
+            for key, raw in db.items():
+                if key != store.offset_key and raw is not None:
+                    yield partition, key, orjson.loads(raw)
+        return
+    for key, value in list(store.data.items()):
+        partition = store._key_partition.get(key)
+        if value is not None and partition in partitions:
+            yield partition, key, value
