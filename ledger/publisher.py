@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
 from events import AnyEvent, subject_of
 from ledger.config import Settings
-from ledger.kafka import ensure_ledger_topics
+from ledger.kafka import Outgoing, ensure_ledger_topics, send_sealed
 from ledger.topics import Topics
 
 
@@ -46,16 +45,17 @@ class Publisher:
         )
 
     async def send_raw(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
-        """Send key/value pairs as they are (tests use it to push garbage into the inbox)."""
-        pending: list[asyncio.Future[object]] = []
+        """Send key/value pairs as they are (tests use it to push garbage into the inbox),
+        sealed in chunks (see `ledger.kafka.send_sealed`), each chunk acknowledged."""
+        chunk: list[Outgoing] = []
         sent = 0
         for key, value in messages:
-            pending.append(await self._producer.send(topic, value=value, key=key))
-            sent += 1
-            if len(pending) >= 10_000:
-                await _all_acked(pending)
-                pending.clear()
-        await _all_acked(pending)
+            chunk.append(Outgoing(topic, key, value))
+            if len(chunk) >= 10_000:
+                sent += len(await send_sealed(self._producer, chunk))
+                chunk = []
+        if chunk:
+            sent += len(await send_sealed(self._producer, chunk))
         return sent
 
     async def __aenter__(self) -> Publisher:
@@ -68,8 +68,3 @@ class Publisher:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-async def _all_acked(pending: Sequence[asyncio.Future[object]]) -> None:
-    if pending:
-        await asyncio.gather(*pending)

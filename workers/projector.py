@@ -27,6 +27,7 @@ import orjson
 
 from events import InvalidEvent, decode
 from ledger.config import Settings
+from ledger.kafka import Outgoing
 from ledger.policy import load_policy
 from ledger.topics import Topics
 from projections.alerts import (
@@ -37,7 +38,13 @@ from projections.alerts import (
     request_alerts,
 )
 from projections.state import CustomerState, RequestState, apply_customer, apply_request
-from workers.tables import json_table, owned_items, write_batch
+from workers.tables import (
+    each_batch,
+    json_table,
+    owned_items,
+    send_all,
+    write_batch,
+)
 
 BATCH_WINDOW_S = 0.05
 IDLE_S = 3.0  # no batch for this long: the worker has caught up
@@ -87,12 +94,10 @@ def register_projector(app: faust.App, topics: Topics, settings: Settings) -> No
         return min(moment, settings.now())
 
     async def finish(batch: _Batch) -> None:
-        send = app.producer.send
-        pending = [
-            await send(topics.alerts, a["subject_id"].encode(), orjson.dumps(a), None, None, None)
-            for a in batch.alerts
+        alerts = [
+            Outgoing(topics.alerts, a["subject_id"].encode(), orjson.dumps(a)) for a in batch.alerts
         ]
-        await asyncio.gather(*pending)  # alerts are out before they are recorded as raised
+        await send_all(app, alerts)  # alerts are out before they are recorded as raised
         await write_batch(app, requests, _dump(batch.requests))
         await write_batch(app, customers, _dump(batch.customers))
         await write_batch(app, raised, {k: sorted(batch.raised[k]) for k in batch.changed})
@@ -100,39 +105,41 @@ def register_projector(app: faust.App, topics: Topics, settings: Settings) -> No
     stream_time: dict[int, datetime] = {}  # newest event time seen, per partition
     last_batch = [0.0]  # monotonic time of the last batch
 
-    @app.agent(events, name=f"{prefix}projector")
-    async def project(stream: Any) -> None:  # Any: faust's StreamT stub lacks take_events
-        async for items in stream.take_events(settings.batch_size, within=BATCH_WINDOW_S):
-            async with lock:
-                batch = _Batch(raised)
-                for item in items:
-                    try:
-                        event = decode(item.value)
-                    except InvalidEvent:
-                        continue  # cannot happen: only the validator writes ledger.events
-                    partition = item.message.partition
-                    seen = stream_time.get(partition)
-                    if seen is None or event.occurred_at > seen:
-                        stream_time[partition] = event.occurred_at
-                    when = at(event.occurred_at)
-                    if event.type == "escalation":
-                        key = event.data.customer_id.encode()
-                        customer = batch.customers.get(key) or _load(customers, key, CustomerState)
-                        folded_c = apply_customer(customer, event)
-                        if folded_c is not None and folded_c is not customer:
-                            batch.customers[key] = folded_c
-                            found = event_alerts(None, folded_c, when, policy, days, unit)
-                            batch.raise_new(key, found)
-                        continue
-                    key = event.data.request_id.encode()
-                    request = batch.requests.get(key) or _load(requests, key, RequestState)
-                    folded_r = apply_request(request, event)
-                    if folded_r is not None and folded_r is not request:
-                        batch.requests[key] = folded_r
-                        found = event_alerts(request, folded_r, when, policy, days, unit)
+    async def project_batch(items: list[Any]) -> None:
+        async with lock:
+            batch = _Batch(raised)
+            for item in items:
+                try:
+                    event = decode(item.value)
+                except InvalidEvent:
+                    continue  # cannot happen: only the validator writes ledger.events
+                partition = item.message.partition
+                seen = stream_time.get(partition)
+                if seen is None or event.occurred_at > seen:
+                    stream_time[partition] = event.occurred_at
+                when = at(event.occurred_at)
+                if event.type == "escalation":
+                    key = event.data.customer_id.encode()
+                    customer = batch.customers.get(key) or _load(customers, key, CustomerState)
+                    folded_c = apply_customer(customer, event)
+                    if folded_c is not None and folded_c is not customer:
+                        batch.customers[key] = folded_c
+                        found = event_alerts(None, folded_c, when, policy, days, unit)
                         batch.raise_new(key, found)
-                await finish(batch)
-                last_batch[0] = time.monotonic()
+                    continue
+                key = event.data.request_id.encode()
+                request = batch.requests.get(key) or _load(requests, key, RequestState)
+                folded_r = apply_request(request, event)
+                if folded_r is not None and folded_r is not request:
+                    batch.requests[key] = folded_r
+                    found = event_alerts(request, folded_r, when, policy, days, unit)
+                    batch.raise_new(key, found)
+            await finish(batch)
+            last_batch[0] = time.monotonic()
+
+    @app.agent(events, name=f"{prefix}projector")
+    async def project(stream: Any) -> None:  # Any: faust's StreamT stub lacks noack_take
+        await each_batch(stream, settings.batch_size, BATCH_WINDOW_S, project_batch)
 
     def as_of_for(partition: int, now: datetime) -> datetime:
         """Now, unless this worker is replaying history (busy, and its events are older

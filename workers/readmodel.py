@@ -21,7 +21,6 @@ from ledger.config import Settings
 from ledger.topics import Topics
 from projections.state import CustomerState, RequestState
 from workers.projector import table_names
-from workers.tables import END_MARKER_KEY
 
 MAX_ALERTS = 1000
 
@@ -183,6 +182,6 @@ class ReadModel:
             return
         cache = self._caches[topic]
         for record in records:
-            if record.key is None or record.key == END_MARKER_KEY:
+            if record.key is None:
                 continue
             cache.put(record.key.decode(), record.value)
