@@ -21,6 +21,7 @@ async def ensure_topics(
     partitions: int,
     client_options: Mapping[str, object] | None = None,
     timeout: float = 30.0,
+    extra_configs: Mapping[str, str] | None = None,
 ) -> None:
     """Create the missing topics, explicitly (never rely on auto-creation)."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -34,7 +35,7 @@ async def ensure_topics(
                     name,
                     num_partitions=partitions,
                     replication_factor=1,
-                    topic_configs={"retention.ms": str(ms)},
+                    topic_configs={"retention.ms": str(ms), **(extra_configs or {})},
                 )
                 for name, ms in retention_ms.items()
                 if name not in existing

@@ -1,4 +1,4 @@
-"""The faust app: agents, tables and the query API.
+"""The stream workers (validator, projector, alerting, webhook delivery) and the query API.
 
-Thin wiring around `ledger/` and `projections/`.
+Thin wiring around `ledger/` and `projections/`, on aiokafka (see `workers/runtime.py`).
 """

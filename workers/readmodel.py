@@ -21,13 +21,9 @@ from ledger.config import Settings
 from ledger.topics import Topics
 from projections.state import CustomerState, RequestState
 from workers.projector import table_names
+from workers.runtime import changelog_topic
 
 MAX_ALERTS = 1000
-
-
-def changelog_topic(prefix: str, table: str) -> str:
-    """faust's name for a table's changelog: `<app id>-<table>-changelog`."""
-    return f"{prefix}ledger-{table}-changelog"
 
 
 class _Cache:

@@ -65,10 +65,15 @@ async def test_receiver_down_then_up_gets_every_alert_once_across_a_restart(
 ) -> None:
     good, refusing = Receiver(), Receiver(refuse=True)
     await refusing.start()  # `good` is down (nothing listens) for the first deliveries
-    settings = settings.model_copy(update={
-        "alert_webhooks": f"{good.url},{refusing.url}", "alert_interval": 1.0,
-        "alert_retry_base_s": 0.2, "alert_retry_cap_s": 2.0, "clock": CLOCK.isoformat(),
-    })
+    settings = settings.model_copy(
+        update={
+            "alert_webhooks": f"{good.url},{refusing.url}",
+            "alert_interval": 1.0,
+            "alert_retry_base_s": 0.2,
+            "alert_retry_cap_s": 2.0,
+            "clock": CLOCK.isoformat(),
+        }
+    )
     workers.settings = settings
     events = known_history(60)
     expected = alerts_of_log((from_mapping(e) for e in events), CLOCK, Policy(), 10, "calendar")
@@ -80,8 +85,13 @@ async def test_receiver_down_then_up_gets_every_alert_once_across_a_restart(
         await wait_folded(settings, len(events), workers)
         assert settings.broker is not None
         topics = Topics(settings.topic_prefix)
-        await collect(settings, settings.broker, [topics.alerts],
-                      lambda c: c.total() >= len(expected) // 2, 60)
+        await collect(
+            settings,
+            settings.broker,
+            [topics.alerts],
+            lambda c: c.total() >= len(expected) // 2,
+            60,
+        )
         first.send_signal(signal.SIGTERM)  # restart the alerting worker in the middle
         await asyncio.to_thread(first.wait, 60)
         workers.start()
@@ -91,11 +101,25 @@ async def test_receiver_down_then_up_gets_every_alert_once_across_a_restart(
         while len(good.unique()) < len(expected) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.5)
 
-        assert set(good.unique()) == set(expected), workers.logs()
+        got = good.unique()
+        assert set(got) == set(expected), (
+            [
+                (a["kind"], a["subject_id"], a["details"].get("episode"))
+                for i, a in got.items()
+                if i not in expected
+            ],
+            [
+                (a["kind"], a["subject_id"], a["details"].get("episode"))
+                for i, a in expected.items()
+                if i not in got
+            ],
+        )
         for alert_id, body in good.unique().items():
             assert body["alert_id"] == alert_id
             assert (body["kind"], body["subject_id"]) == (
-                expected[alert_id]["kind"], expected[alert_id]["subject_id"])
+                expected[alert_id]["kind"],
+                expected[alert_id]["subject_id"],
+            )
         # in order, per subject: a subject's alerts arrive as they were raised
         logged = await collect(settings, settings.broker, [topics.alerts], lambda c: False, 3.0)
         ids = Counter(orjson.loads(r.value)["alert_id"] for r in logged.records[topics.alerts])
