@@ -13,6 +13,7 @@ the queue moves on. Every outcome goes to `ledger.alert-deliveries` for `GET /al
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -51,7 +52,9 @@ class Dispatcher:
         self.topics = Topics(settings.topic_prefix)
         self._rng = random.Random()  # noqa: S311 - jitter, not secrets
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set; a POST in flight when it is set finishes and is
+        recorded and committed, so a graceful restart sends nothing twice."""
         settings = self.settings
         consumer = AIOKafkaConsumer(
             self.topics.alerts,
@@ -75,11 +78,15 @@ class Dispatcher:
         timeout = aiohttp.ClientTimeout(total=settings.alert_timeout_s)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as http:
-                while True:
-                    batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+                while not stop.is_set():
+                    batches = await consumer.getmany(timeout_ms=500, max_records=500)
                     for tp, records in batches.items():
                         for record in records:
-                            status = await self.deliver(http, record.value or b"")
+                            if stop.is_set():
+                                return
+                            status = await self.deliver(http, record.value or b"", stop)
+                            if status is None:
+                                return  # stopped while waiting to retry: redone after restart
                             await producer.send_and_wait(
                                 self.topics.deliveries, status, key=record.key
                             )
@@ -88,8 +95,11 @@ class Dispatcher:
             await producer.stop()
             await consumer.stop()
 
-    async def deliver(self, http: aiohttp.ClientSession, body: bytes) -> bytes:
-        """POST until 2xx or a permanent refusal; return the delivery record."""
+    async def deliver(
+        self, http: aiohttp.ClientSession, body: bytes, stop: asyncio.Event
+    ) -> bytes | None:
+        """POST until 2xx or a permanent refusal; return the delivery record, or None if
+        `stop` was set while waiting for the next attempt."""
         try:
             alert_id = str(orjson.loads(body)["alert_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
@@ -116,7 +126,10 @@ class Dispatcher:
                 self.settings.alert_retry_cap_s,
                 self._rng,
             )
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return None
 
     def _record(
         self, alert_id: str, status: str, attempts: int, http_status: int | None, error: str | None

@@ -46,7 +46,7 @@ async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) ->
         tasks = [asyncio.create_task(p.run(settings, bootstrap, stop)) for p in processors]
         tasks.append(asyncio.create_task(projector.run_timer(stop)))
         dispatchers = [
-            asyncio.create_task(Dispatcher(settings, bootstrap, url).run())
+            asyncio.create_task(Dispatcher(settings, bootstrap, url).run(stop))
             for url in settings.webhooks()
         ]
         stopping = asyncio.create_task(stop.wait())
@@ -56,9 +56,12 @@ async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) ->
                 log.error("a processor failed; stopping", exc_info=task.exception())
                 stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)  # each finishes its batch
-        for task in dispatchers:
-            task.cancel()
-        await asyncio.gather(*dispatchers, return_exceptions=True)
+        # each dispatcher finishes the POST in flight (bounded by the webhook timeout)
+        if dispatchers:
+            _, late = await asyncio.wait(dispatchers, timeout=settings.alert_timeout_s + 5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*dispatchers, return_exceptions=True)
         stopping.cancel()
     finally:
         await producer.stop()
