@@ -1,10 +1,17 @@
-"""End-to-end validator throughput: inbox -> validator -> ledger.events, on embedded Tansu.
+"""End-to-end throughput: inbox -> validator -> ledger.events -> every projection folded,
+on embedded Tansu.
 
-    python -m bench.pipeline [--events N]
+    python -m bench.pipeline [--events N] [--mode live|backlog|both]
 
-Publishes N valid events (intake, score, decision per request) to the inbox first, then
-starts the worker and times how long until every one of them is accounted for in
-ledger.events + ledger.rejected (counted record by record, not from end offsets).
+live:    the worker and the API are up and warm (a warm-up event went all the way through);
+         the clock starts when publishing starts and stops when the API's read model has
+         folded every event (`/health` `events_folded`), so publishing, validation,
+         projection and the read model all overlap as they would in production.
+backlog: N events wait in the inbox; the clock starts when the worker process starts
+         (group joins and start-up included) and stops at the same point.
+
+Also reported: when the validator had judged every event (counted on ledger.events +
+ledger.rejected record by record, never from end offsets).
 """
 
 from __future__ import annotations
@@ -13,23 +20,26 @@ import argparse
 import asyncio
 import tempfile
 import time
+import urllib.error
 import uuid
 from pathlib import Path
 
 import orjson
 
-from ledger.broker import EmbeddedBroker
+from ledger.broker import EmbeddedBroker, free_port
 from ledger.config import Settings
 from ledger.publisher import Publisher
+from ledger.query import QueryError, fetch
 from ledger.reader import collect
-from ledger.runner import start_worker, stop_process
+from ledger.runner import start_api, start_worker, stop_process
 from ledger.topics import Topics
 
 
-def history(events: int) -> list[tuple[bytes, bytes]]:
+def history(events: int, tag: str) -> list[tuple[bytes, bytes]]:
+    """Intake, score and decision per request: every event is valid and folds."""
     out: list[tuple[bytes, bytes]] = []
     for i in range(events // 3 + 1):
-        request = f"B{i}"
+        request = f"B{tag}{i}"
         base = {"schema_version": 1, "source": "bench", "occurred_at": "2026-03-02T09:00:00Z"}
         for kind, data in (
             ("intake", {"kind": "vendor_support", "title": "t", "owner": "o"}),
@@ -46,44 +56,98 @@ def history(events: int) -> list[tuple[bytes, bytes]]:
     return out[:events]
 
 
-async def run(events: int, bootstrap: str, settings: Settings) -> None:
-    messages = history(events)
-    started = time.perf_counter()
+def folded(settings: Settings) -> int:
+    try:
+        body = fetch(settings.api_url, "/health", {}, settings.api_token, False)
+    except (QueryError, urllib.error.URLError, OSError):
+        return -1
+    return int(orjson.loads(body)["events_folded"])
+
+
+async def wait_folded(settings: Settings, target: int, timeout: float = 1800) -> float:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if await asyncio.to_thread(folded, settings) >= target:
+            return time.perf_counter()
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the read model did not fold {target} events in {timeout:.0f}s")
+
+
+async def judged(settings: Settings, bootstrap: str, target: int) -> float:
+    topics = Topics(settings.topic_prefix)
+    await collect(
+        settings, bootstrap, [topics.events, topics.rejected],
+        lambda c: c.total() >= target, timeout=1800,
+    )  # fmt: skip
+    return time.perf_counter()
+
+
+async def publish(settings: Settings, bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
     async with Publisher(settings, bootstrap) as publisher:
         await publisher.send_raw(publisher.topics.inbox, messages)
-    published = time.perf_counter() - started
-    print(
-        f"published {len(messages)} events in {published:.1f}s ({len(messages) / published:,.0f}/s)"
-    )
-    worker = start_worker(settings, bootstrap)
+    return time.perf_counter()
+
+
+def report(label: str, n: int, started: float, at: float) -> None:
+    took = at - started
+    print(f"  {label:<34} {took:6.2f} s  {n / took:>9,.0f} events/s")
+
+
+async def live(settings: Settings, bootstrap: str, events: int, log: Path) -> None:
+    worker = start_worker(settings, bootstrap, log)
+    api = start_api(settings, bootstrap, log)
     try:
-        topics = Topics(settings.topic_prefix)
+        await publish(settings, bootstrap, history(3, "warm"))
+        await wait_folded(settings, 3, 120)
+        messages = history(events, "live")
+        print(f"live: {len(messages):,} events into a warm worker")
         started = time.perf_counter()
-        seen = await collect(
-            settings,
-            bootstrap,
-            [topics.events, topics.rejected],
-            lambda c: c.total() >= len(messages),
-            timeout=1800,
-        )
-        elapsed = time.perf_counter() - started
+        judging = asyncio.create_task(judged(settings, bootstrap, len(messages) + 3))
+        published = await publish(settings, bootstrap, messages)
+        done = await wait_folded(settings, len(messages) + 3)
+        report("published", len(messages), started, published)
+        report("judged (events + rejected)", len(messages), started, await judging)
+        report("folded by every projection + API", len(messages), started, done)
     finally:
         stop_process(worker)
-    print(
-        f"validated {seen.total()} events in {elapsed:.1f}s incl. worker start-up "
-        f"({seen.total() / elapsed:,.0f} events/s)"
-    )
+        stop_process(api)
+
+
+async def backlog(settings: Settings, bootstrap: str, events: int, log: Path) -> None:
+    messages = history(events, "backlog")
+    print(f"backlog: {len(messages):,} events waiting, then the worker starts")
+    api = start_api(settings, bootstrap, log)
+    await publish(settings, bootstrap, messages)
+    started = time.perf_counter()
+    worker = start_worker(settings, bootstrap, log)
+    try:
+        judging = asyncio.create_task(judged(settings, bootstrap, len(messages)))
+        done = await wait_folded(settings, len(messages))
+        report("judged (incl. start-up)", len(messages), started, await judging)
+        report("folded (incl. start-up)", len(messages), started, done)
+    finally:
+        stop_process(worker)
+        stop_process(api)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--mode", choices=("live", "backlog", "both"), default="both")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
-        settings = Settings(
-            broker=broker.bootstrap, topic_prefix="bench.", data_dir=Path(tmp) / "data"
-        )
-        asyncio.run(run(args.events, broker.bootstrap, settings))
+        for mode in ("live", "backlog") if args.mode == "both" else (args.mode,):
+            port = free_port()
+            settings = Settings(
+                broker=broker.bootstrap,
+                topic_prefix=f"bench{mode}{uuid.uuid4().hex[:6]}.",
+                data_dir=Path(tmp) / mode,
+                session_timeout_s=6,
+                api_port=port,
+                api_url=f"http://127.0.0.1:{port}",
+            )
+            run = live if mode == "live" else backlog
+            asyncio.run(run(settings, broker.bootstrap, args.events, Path(tmp) / f"{mode}.log"))
 
 
 if __name__ == "__main__":

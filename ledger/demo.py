@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from importlib.resources import files
+from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from events import from_mapping
 from ledger.broker import free_port
 from ledger.config import Settings
 from ledger.history import generate
+from ledger.policy import load_policy
 from ledger.publisher import Publisher
 from ledger.query import QueryError, decode, fetch, render
 from ledger.reader import Collected, Record, collect
 from ledger.runner import running_ledger
 from ledger.topics import Topics
+from projections.alerts import alerts_of_log
 
 DEMO_CLOCK = datetime(2026, 6, 30, 9, 0, tzinfo=UTC)
 
@@ -81,12 +86,28 @@ def _folded(settings: Settings, accepted: int, progress: Progress, timeout: floa
     return False
 
 
+def _alerted(settings: Settings, expected: int, progress: Progress, timeout: float) -> list[Any]:
+    """Wait until the API lists the alerts the history raises (the timer judges the
+    states as of LEDGER_CLOCK every LEDGER_ALERT_INTERVAL seconds)."""
+    task = progress.add_task("alerting", total=expected)
+    deadline = time.monotonic() + timeout
+    alerts: list[Any] = []
+    while time.monotonic() < deadline:
+        alerts = decode(fetch(settings.api_url, "/alerts", {}, settings.api_token, False))
+        progress.update(task, completed=len(alerts))
+        if len(alerts) >= expected:
+            break
+        time.sleep(0.5)
+    return alerts
+
+
 def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = False) -> int:
     port = free_port(settings.api_host)
     settings = settings.model_copy(
         update={
             "broker": None,
             "clock": settings.clock or DEMO_CLOCK.isoformat(),
+            "alert_interval": min(settings.alert_interval, 2.0),
             "api_port": port,
             "api_url": f"http://{settings.api_host}:{port}",
         }
@@ -112,6 +133,8 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
             accepted = {orjson.loads(r.value)["event_id"] for r in judged.records[topics.events]}
             rejected = judged.records[topics.rejected]
             folded = _folded(settings, len(accepted), progress, timeout)
+            expected = _expected_alerts(settings, judged.records[topics.events])
+            alerts = _alerted(settings, expected, progress, timeout) if folded else []
         elapsed = time.monotonic() - started
         console.print(
             f"{len(messages)} inbox messages: [green]{len(accepted)} accepted[/], "
@@ -134,6 +157,7 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
                 payload = payload[:12]
             render(console, what, payload)
             console.print()
+        _alerts(console, alerts, expected)
         _next_steps(console, settings, keep)
         if keep:
             try:
@@ -142,6 +166,31 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
             except KeyboardInterrupt:
                 console.print("stopped")
     return 0
+
+
+def _expected_alerts(settings: Settings, accepted: list[Record]) -> int:
+    """How many alerts the accepted history raises, by the pure reference rules."""
+    assert settings.clock is not None
+    events = [from_mapping(orjson.loads(r.value)) for r in accepted]
+    now = datetime.fromisoformat(settings.clock)
+    policy = load_policy(settings.policy_file)
+    raised = alerts_of_log(events, now, policy, settings.overdue_days, settings.overdue_unit)
+    return len(raised)
+
+
+def _alerts(console: Console, alerts: list[Any], expected: int) -> None:
+    kinds = Counter(a["kind"] for a in alerts)
+    console.print(
+        f"alerts raised: {len(alerts)} of the {expected} this history calls for ("
+        + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        + "); on ledger.alerts and, with LEDGER_ALERT_WEBHOOKS, POSTed to each webhook"
+    )
+    newest = sorted(alerts, key=lambda a: a["raised_at"], reverse=True)
+    shown = sorted(newest, key=lambda a: a["kind"] != "customer_abuse_flagged")
+    if len(shown) > 12:
+        console.print(f"[dim]alerts: the first 12 of {len(shown)}[/]")
+    render(console, "alerts", shown[:12])
+    console.print()
 
 
 def _rejections(console: Console, rejected: list[Record]) -> None:
@@ -178,6 +227,6 @@ def _next_steps(console: Console, settings: Settings, keep: bool) -> None:
     else:
         console.print(
             "To explore further: `.venv/bin/ledger demo --keep` leaves it running "
-            "for `ledger query pipeline|overdue|abuse|metrics|request ID|customer ID` "
+            "for `ledger query pipeline|overdue|abuse|metrics|alerts|request ID|customer ID` "
             "and the HTTP API (see README)."
         )

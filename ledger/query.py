@@ -98,7 +98,7 @@ TERMINAL_COLUMNS = {
         "flagged",
         "reasons",
     ],
-    "alerts": ["raised_at", "kind", "subject_id", "alert_id"],
+    "alerts": ["raised_at", "kind", "subject_id", "delivery"],
     "timeline": ["occurred_at", "type", "actor", "summary"],
     "escalations": ["occurred_at", "partner_id", "kind", "severity", "summary"],
 }
@@ -124,7 +124,24 @@ def render(console: Console, what: str, payload: Any) -> None:
             table.add_row(key, _text(value))
         console.print(table)
         return
+    if what == "alerts":
+        payload = [
+            {**row, "raised_at": _minute(row.get("raised_at")), "delivery": delivery_summary(row)}
+            for row in payload
+        ]
     console.print(rows_table(what, payload, TERMINAL_COLUMNS.get(what)))
+
+
+def _minute(instant: Any) -> Any:
+    return instant[:16].replace("T", " ") if isinstance(instant, str) else instant
+
+
+def delivery_summary(alert: dict[str, Any]) -> str:
+    """`url: status` per webhook (`ledger.alerts` only when no webhook is configured)."""
+    deliveries = alert.get("deliveries") or {}
+    if not deliveries:
+        return "no webhooks"
+    return "; ".join(f"{url}: {d.get('status', '?')}" for url, d in deliveries.items())
 
 
 def summary_rows(summary: dict[str, Any]) -> dict[str, Any]:

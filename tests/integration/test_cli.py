@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
 import pytest
 from typer.testing import CliRunner
 
+from events import AnyEvent
 from ledger.cli import app
 from ledger.config import Settings
+from ledger.demo import DEMO_CLOCK, demo_messages
+from ledger.intake import parse_lines
+from ledger.lifecycle import Fact, SubjectState, admit
+from ledger.policy import Policy
 from ledger.reader import collect
 from ledger.topics import Topics
+from projections.alerts import alerts_of_log
 from tests.factories import intake, raw, score
 
 pytestmark = pytest.mark.integration
@@ -65,3 +74,38 @@ def test_schema_prints_json_schema() -> None:
         "revisit",
         "escalation",
     }
+
+
+def accepted_in_order(lines: list[bytes]) -> list[AnyEvent]:
+    """The events the validator accepts from `lines`, by the pure rules."""
+    states: dict[tuple[bool, str], SubjectState] = {}
+    accepted = []
+    for event, _ in parse_lines(lines).good:
+        fact = Fact.of(event)
+        key = (event.type == "escalation", fact.subject)
+        verdict = admit(states.get(key, SubjectState()), fact)
+        if isinstance(verdict, SubjectState):
+            states[key] = verdict
+            accepted.append(event)
+    return accepted
+
+
+def test_demo_shows_the_four_views_and_the_alerts_its_history_raises(tmp_path: Path) -> None:
+    events = accepted_in_order([line for _, line in demo_messages()])
+    expected = alerts_of_log(events, DEMO_CLOCK, Policy(), 10, "calendar")
+    flagged = {a["subject_id"] for a in expected.values() if a["kind"] == "customer_abuse_flagged"}
+    assert flagged
+
+    env = {**os.environ, "LEDGER_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
+    env.pop("LEDGER_BROKER", None)
+    done = subprocess.run(  # noqa: S603 - our own entry point
+        [str(Path(sys.executable).parent / "ledger"), "demo"],
+        env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for title in ("rejected, with reasons", "pipeline (", "overdue (", "abuse (", "metrics"):
+        assert title in out
+    assert f"alerts raised: {len(expected)} of the {len(expected)}" in out
+    for customer in flagged:
+        assert customer in out
