@@ -170,9 +170,8 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
 
 def _expected_alerts(settings: Settings, accepted: list[Record]) -> int:
     """How many alerts the accepted history raises, by the pure reference rules."""
-    assert settings.clock is not None
     events = [from_mapping(orjson.loads(r.value)) for r in accepted]
-    now = datetime.fromisoformat(settings.clock)
+    now = settings.now()
     policy = load_policy(settings.policy_file)
     raised = alerts_of_log(events, now, policy, settings.overdue_days, settings.overdue_unit)
     return len(raised)
