@@ -1,6 +1,6 @@
 """Ledger events: schemas (pydantic v2) and their orjson codec."""
 
-from events.codec import decode, encode, from_mapping, json_schema, subject_of
+from events.codec import decode, decode_recorded, encode, from_mapping, json_schema, subject_of
 from events.errors import FieldError, InvalidEvent
 from events.schema import (
     EVENT_TYPES,
@@ -30,6 +30,7 @@ __all__ = [
     "Score",
     "decode",
     "encode",
+    "decode_recorded",
     "from_mapping",
     "json_schema",
     "subject_of",

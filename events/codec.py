@@ -38,6 +38,17 @@ def decode(raw: bytes) -> AnyEvent:
     return from_mapping(obj)
 
 
+def decode_recorded(raw: bytes) -> AnyEvent:
+    """An event read back from `ledger.events`, which holds only what `decode` accepted:
+    parsed and validated in one pass by pydantic's JSON mode (about twice as fast)."""
+    if UPCASTERS:  # an older version may need upcasting first
+        return decode(raw)
+    try:
+        return _EVENT_ADAPTER.validate_json(raw)
+    except ValidationError:
+        return decode(raw)  # for the errors, named as `decode` names them
+
+
 def from_mapping(obj: Any) -> AnyEvent:
     """Validate an already-parsed JSON value as one event."""
     if not isinstance(obj, dict):

@@ -7,7 +7,7 @@ rejected, and every limit rejects rather than truncates.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -51,7 +51,17 @@ Dimension = Annotated[int, AfterValidator(_between(0, 5))]
 Severity = Annotated[int, AfterValidator(_between(1, 5))]
 Percent = Annotated[float, AfterValidator(_between(0, 100))]
 Multiplier = Annotated[float, AfterValidator(_between(0.5, 1.2))]
-Timestamp = Annotated[AwareDatetime, Field(strict=False)]
+
+
+def _stdlib_offset(value: datetime) -> datetime:
+    """The same instant and offset with a `datetime.timezone` (pydantic's own tzinfo
+    makes every comparison call back into it: ~1.6 us against ~0.05 us)."""
+    offset = value.utcoffset()
+    return value if offset is None else value.replace(tzinfo=timezone(offset))
+
+
+Timestamp = Annotated[AwareDatetime, Field(strict=False), AfterValidator(_stdlib_offset)]
+Instant = Annotated[datetime, AfterValidator(_stdlib_offset)]  # for read-model states
 Day = Annotated[date, Field(strict=False)]
 
 RequestKind = Literal["partner_proposal", "customer_demand", "vendor_support"]

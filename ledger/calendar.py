@@ -6,10 +6,19 @@ the instants as given (each event's own offset), holidays as ISO dates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Literal
+
+
+def _build(holidays: tuple[str | date, ...]) -> BusinessCalendar:
+    days = frozenset(d if isinstance(d, date) else date.fromisoformat(d) for d in holidays)
+    return BusinessCalendar(days)
+
+
+_calendar = functools.lru_cache(maxsize=64)(_build)  # a policy's calendar, built once
 
 Unit = Literal["calendar", "business"]
 DAY = timedelta(days=1)
@@ -21,7 +30,7 @@ class BusinessCalendar:
 
     @classmethod
     def of(cls, holidays: Iterable[str | date] = ()) -> BusinessCalendar:
-        return cls(frozenset(d if isinstance(d, date) else date.fromisoformat(d) for d in holidays))
+        return _calendar(tuple(holidays))
 
     def is_business_day(self, day: date) -> bool:
         return day.weekday() < 5 and day not in self.holidays

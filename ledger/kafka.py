@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -85,43 +86,84 @@ class Outgoing(NamedTuple):
     headers: list[tuple[str, bytes]] | None = None
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _key_hash(key: bytes) -> int:
+    hashed: int = murmur2(key)
+    return hashed & 0x7FFFFFFF  # pure Python in aiokafka: keys repeat, so cache it
+
+
 def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:
     """The partition Kafka's default partitioner picks for `key` (murmur2), so that our
     explicit choice co-partitions exactly like every other producer; keyless: the first."""
     if key is None:
         return partitions[0]
-    index: int = (murmur2(key) & 0x7FFFFFFF) % len(partitions)
-    return partitions[index]
+    return partitions[_key_hash(key) % len(partitions)]
+
+
+class Acked(NamedTuple):
+    """Where one sent record landed."""
+
+    topic: str
+    partition: int
+    offset: int
 
 
 def seal_phases(
     messages: Iterable[Outgoing], partitions: Mapping[str, Sequence[int]]
-) -> tuple[list[tuple[int, int, Outgoing]], list[tuple[int, int, Outgoing]]]:
-    """(first phase, second phase) of (index, partition, message): the second phase holds
-    the last message of every (topic, partition); each phase keeps the input order."""
-    last: dict[tuple[str, int], tuple[int, int, Outgoing]] = {}
-    first: list[tuple[int, int, Outgoing]] = []
+) -> tuple[dict[tuple[str, int], list[int]], dict[tuple[str, int], list[int]]]:
+    """(first phase, second phase): the indexes of the messages to send to each
+    (topic, partition), in input order; the second phase holds only the last message of
+    every (topic, partition)."""
+    slots: dict[tuple[str, int], list[int]] = {}
     for index, message in enumerate(messages):
-        partition = partition_for(message.key, partitions[message.topic])
-        slot = (message.topic, partition)
-        if slot in last:
-            first.append(last[slot])
-        last[slot] = (index, partition, message)
-    return first, sorted(last.values(), key=lambda item: item[0])
+        slot = (message.topic, partition_for(message.key, partitions[message.topic]))
+        slots.setdefault(slot, []).append(index)
+    first = {slot: indexes[:-1] for slot, indexes in slots.items() if len(indexes) > 1}
+    return first, {slot: indexes[-1:] for slot, indexes in slots.items()}
 
 
-async def send_sealed(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> list[Any]:
-    """Send and wait for every acknowledgement; the RecordMetadata of each, in input order."""
+async def send_sealed(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> list[Acked]:
+    """Send and wait for every acknowledgement; where each landed, in input order.
+
+    Records go out as prebuilt batches, one or more per partition (a per-record
+    `send()` costs ~30 us here, a batch append ~4 us)."""
     partitions: dict[str, list[int]] = {}
     for message in messages:
         if message.topic not in partitions:
             partitions[message.topic] = sorted(await producer.partitions_for(message.topic))
     acked: list[Any] = [None] * len(messages)
     for phase in seal_phases(messages, partitions):
-        pending = [
-            await producer.send(m.topic, m.value, key=m.key, partition=p, headers=m.headers)
-            for _, p, m in phase
-        ]
-        for (index, _, _), metadata in zip(phase, await asyncio.gather(*pending), strict=True):
-            acked[index] = metadata
+        pending: list[tuple[str, int, list[int], asyncio.Future[Any]]] = []
+        for (topic, partition), indexes in phase.items():
+            for chunk in _fill(producer, messages, indexes):
+                batch, members = chunk
+                batch.close()
+                future = await producer.send_batch(batch, topic, partition=partition)
+                pending.append((topic, partition, members, future))
+        results = await asyncio.gather(*(future for *_, future in pending))
+        for (topic, partition, members, _), metadata in zip(pending, results, strict=True):
+            for position, index in enumerate(members):
+                acked[index] = Acked(topic, partition, metadata.offset + position)
     return acked
+
+
+def _fill(
+    producer: AIOKafkaProducer, messages: Sequence[Outgoing], indexes: list[int]
+) -> list[tuple[Any, list[int]]]:
+    """The messages at `indexes` appended to as few batches as their size allows."""
+    chunks: list[tuple[Any, list[int]]] = []
+    batch, members = producer.create_batch(), list[int]()
+    for index in indexes:
+        m = messages[index]
+        headers = m.headers or []
+        if batch.append(key=m.key, value=m.value, timestamp=None, headers=headers) is None:
+            if not members:
+                raise KafkaError(f"a record of {len(m.value or b'')} bytes fits no batch")
+            chunks.append((batch, members))
+            batch, members = producer.create_batch(), []
+            if batch.append(key=m.key, value=m.value, timestamp=None, headers=headers) is None:
+                raise KafkaError(f"a record of {len(m.value or b'')} bytes fits no batch")
+        members.append(index)
+    if members:
+        chunks.append((batch, members))
+    return chunks

@@ -3,8 +3,8 @@
 Each fold is `apply(state, event) -> state`: pure, total over the event union (an event
 of another kind leaves the state as it is), and idempotent by `event_id` (the state
 remembers the ids it has applied). States are frozen pydantic models, so a worker
-stores them as JSON (`model_dump(mode="json")`) and reads them back
-(`model_validate`).
+stores them as JSON (`model_dump_json`) and reads them back (`model_validate_json`);
+their instants carry a stdlib `timezone` (see `events.schema.Instant`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from events.schema import AnyEvent, Event, IntakeData, ScoreData
+from events.schema import AnyEvent, Event, Instant, IntakeData, ScoreData
 
 PILOT_REVIEW_DEFAULT = timedelta(days=45)
 
@@ -26,17 +26,17 @@ class _Frozen(BaseModel):
 class TimelineEntry(_Frozen):
     event_id: str
     type: str
-    occurred_at: datetime
+    occurred_at: Instant
     actor: str | None
     summary: str
 
 
 class DecisionRecord(_Frozen):
     event_id: str
-    occurred_at: datetime
+    occurred_at: Instant
     outcome: str
     rationale: str
-    cycle_started_at: datetime  # when the decision clock started (first contact or revisit)
+    cycle_started_at: Instant  # when the decision clock started (first contact or revisit)
     revisit_on: date | None = None
     review_on: date | None = None
     score: ScoreData | None = None  # the latest score when it was decided
@@ -45,11 +45,11 @@ class DecisionRecord(_Frozen):
 class RequestState(_Frozen):
     request_id: str
     intake: IntakeData
-    opened_at: datetime  # first contact
-    clock_started_at: datetime  # first contact, or the last revisit
+    opened_at: Instant  # first contact
+    clock_started_at: Instant  # first contact, or the last revisit
     status: Literal["open", "decided"] = "open"
     score: ScoreData | None = None
-    scored_at: datetime | None = None
+    scored_at: Instant | None = None
     decisions: tuple[DecisionRecord, ...] = ()
     revisits: int = 0
     timeline: tuple[TimelineEntry, ...] = ()
@@ -69,7 +69,7 @@ class RequestState(_Frozen):
 
 class EscalationRecord(_Frozen):
     event_id: str
-    occurred_at: datetime
+    occurred_at: Instant
     partner_id: str
     kind: str
     severity: int

@@ -17,13 +17,14 @@ table keyed by subject, so a restarted or rebalanced worker does not raise them 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from events import InvalidEvent, decode
+from events import InvalidEvent, decode_recorded
 from ledger.calendar import Unit
 from ledger.config import Settings
 from ledger.kafka import Outgoing
@@ -31,7 +32,7 @@ from ledger.policy import Policy, load_policy
 from ledger.topics import Topics
 from projections.alerts import Alert, customer_alerts, event_alerts, new_alerts, request_alerts
 from projections.state import CustomerState, RequestState, apply_customer, apply_request
-from workers.runtime import Processor, Table, make_table, send_all
+from workers.runtime import Processor, Table, make_table, send_all, write_tables
 
 REPLAY_LAG = timedelta(hours=1)
 
@@ -47,8 +48,8 @@ class Projector:
         self.producer = producer
         self.topics = Topics(prefix)
         requests_name, customers_name = table_names(prefix)
-        self.requests = make_table(settings, requests_name)
-        self.customers = make_table(settings, customers_name)
+        self.requests = make_table(settings, requests_name, *_codec(RequestState))
+        self.customers = make_table(settings, customers_name, *_codec(CustomerState))
         self.raised = make_table(settings, f"{prefix}alerts-raised")
         self.policy: Policy = load_policy(settings.policy_file)
         self.days: int = settings.overdue_days
@@ -67,7 +68,7 @@ class Projector:
         alerts = _Raising(self.raised)
         for record in batch:
             try:
-                event = decode(record.value)
+                event = decode_recorded(record.value)
             except InvalidEvent:
                 continue  # cannot happen: only the validator writes ledger.events
             seen = self.stream_time.get(record.partition)
@@ -76,7 +77,7 @@ class Projector:
             when = min(event.occurred_at, now)
             if event.type == "escalation":
                 key = event.data.customer_id.encode()
-                customer = touched_customers.get(key) or _load(self.customers, key, CustomerState)
+                customer = touched_customers.get(key) or self.customers.get(key)
                 folded_c = apply_customer(customer, event)
                 if folded_c is not None and folded_c is not customer:
                     touched_customers[key] = folded_c
@@ -84,13 +85,13 @@ class Projector:
                     alerts.add(key, found)
                 continue
             key = event.data.request_id.encode()
-            request = touched_requests.get(key) or _load(self.requests, key, RequestState)
+            request = touched_requests.get(key) or self.requests.get(key)
             folded_r = apply_request(request, event)
             if folded_r is not None and folded_r is not request:
                 touched_requests[key] = folded_r
                 found = event_alerts(request, folded_r, when, self.policy, self.days, self.unit)
                 alerts.add(key, found)
-        await self._write(alerts, _dump(touched_requests), _dump(touched_customers))
+        await self._write(alerts, touched_requests, touched_customers)
 
     async def _write(
         self, alerts: _Raising, requests: dict[bytes, Any], customers: dict[bytes, Any]
@@ -101,12 +102,10 @@ class Projector:
         ]
         await send_all(self.producer, out)  # alerts are out before they are recorded raised
         raised = alerts.changed_values()
-        writes = [(self.requests, requests), (self.customers, customers), (self.raised, raised)]
-        acked = await send_all(self.producer, [c for t, v in writes for c in t.changes(v)])
-        start = 0
-        for table, values in writes:
-            table.apply(values, acked[start : start + len(values)])
-            start += len(values)
+        await write_tables(
+            self.producer,
+            [(self.requests, requests), (self.customers, customers), (self.raised, raised)],
+        )
 
     # -- the timer -------------------------------------------------------------------
     def live(self, partition: int, now: datetime) -> bool:
@@ -125,15 +124,13 @@ class Projector:
             now = self.settings.now()
             ready = await self.processor.caught_up()
             alerts = _Raising(self.raised)
-            for partition, key, raw in self.requests.owned():
+            for partition, key, state in self.requests.owned():
                 if partition in ready or self.live(partition, now):
-                    state = RequestState.model_validate(raw)
                     found = request_alerts(state, now, self.policy, self.days, self.unit)
                     alerts.add(key, found)
-            for partition, key, raw in self.customers.owned():
+            for partition, key, state in self.customers.owned():
                 if partition in ready or self.live(partition, now):
-                    customer = CustomerState.model_validate(raw)
-                    alerts.add(key, customer_alerts(customer, now, self.policy))
+                    alerts.add(key, customer_alerts(state, now, self.policy))
             if alerts.alerts:
                 await self._write(alerts, {}, {})
             return len(alerts.alerts)
@@ -170,10 +167,10 @@ class _Raising:
         return {key: sorted(self.raised[key]) for key in self.changed}
 
 
-def _load(table: Table, key: bytes, model: Any) -> Any:
-    raw = table.get(key)
-    return None if raw is None else model.model_validate(raw)
+def _codec(model: Any) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
+    """A state model's changelog form: its JSON, parsed and validated by pydantic."""
 
+    def dump(state: Any) -> bytes:
+        return cast(bytes, state.model_dump_json().encode())
 
-def _dump(states: dict[bytes, Any]) -> dict[bytes, Any]:
-    return {key: state.model_dump(mode="json") for key, state in states.items()}
+    return model.model_validate_json, dump

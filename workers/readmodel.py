@@ -44,7 +44,7 @@ class _Cache:
             return None
         state = self.parsed.get(key)
         if state is None:
-            state = self.parsed[key] = self.model.model_validate(orjson.loads(self.raw[key]))
+            state = self.parsed[key] = self.model.model_validate_json(self.raw[key])
         return state
 
     def all(self) -> list[Any]:

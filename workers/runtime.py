@@ -41,17 +41,36 @@ def changelog_topic(prefix: str, table: str) -> str:
     return f"{prefix}ledger-{table}-changelog"
 
 
+def _json_load(raw: bytes) -> Any:
+    return orjson.loads(raw)
+
+
+def _json_dump(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
 class Table:
-    """A key -> JSON value table for the partitions its processor owns, changelogged.
+    """A key -> value table for the partitions its processor owns, changelogged.
 
     Keys are the source topic's keys (raw bytes), so a key's changelog partition is its
-    source partition: the table is co-partitioned with its stream.
+    source partition: the table is co-partitioned with its stream. Values are kept as
+    objects; `dump` turns one into its changelog bytes and `load` back (JSON by default),
+    so a batch neither parses nor validates the state it already holds.
     """
 
-    def __init__(self, prefix: str, name: str, partitions: int) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        name: str,
+        partitions: int,
+        load: Callable[[bytes], Any] = _json_load,
+        dump: Callable[[Any], bytes] = _json_dump,
+    ) -> None:
         self.name = name
         self.topic = changelog_topic(prefix, name)
         self.partitions = list(range(partitions))
+        self.load = load
+        self.dump = dump
         self.data: dict[bytes, Any] = {}
         self.partition_of: dict[bytes, int] = {}
 
@@ -63,10 +82,17 @@ class Table:
 
     def changes(self, values: Mapping[bytes, Any]) -> list[Outgoing]:
         """The changelog records for `values` (to send, sealed, with the batch's output)."""
-        return [Outgoing(self.topic, key, orjson.dumps(value)) for key, value in values.items()]
+        dump = self.dump
+        return [Outgoing(self.topic, key, dump(value)) for key, value in values.items()]
 
-    def apply(self, values: Mapping[bytes, Any], acked: Sequence[Any] = ()) -> None:
-        """Take `values` into the local state once their changelog records are acked."""
+    def apply(
+        self,
+        values: Mapping[bytes, Any],
+        changes: Sequence[Outgoing] = (),
+        acked: Sequence[Any] = (),
+    ) -> None:
+        """Take `values` into the local state once their changelog records (`changes`)
+        are acknowledged (`acked`)."""
         for key, value in values.items():
             self.data[key] = value
             self.partition_of[key] = partition_for(key, self.partitions)
@@ -87,6 +113,7 @@ class Table:
             **settings.kafka_client_options(),
         )
         await reader.start()
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
         try:
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             reader.assign(tps)
@@ -99,16 +126,17 @@ class Table:
                 for tp, records in batches.items():
                     for record in records:
                         count += 1
-                        if record.key is None:
-                            continue
-                        if record.value is None:
-                            self.data.pop(record.key, None)
-                            self.partition_of.pop(record.key, None)
-                        else:
-                            self.data[record.key] = orjson.loads(record.value)
-                            self.partition_of[record.key] = tp.partition
+                        if record.key is not None:
+                            latest[record.key] = (tp.partition, record.value)
                     if records and records[-1].offset + 1 >= ends[tp]:
                         remaining.discard(tp)
+            for key, (partition, value) in latest.items():  # only the newest value is parsed
+                if value is None:
+                    self.data.pop(key, None)
+                    self.partition_of.pop(key, None)
+                else:
+                    self.data[key] = self.load(value)
+                    self.partition_of[key] = partition
             return count
         finally:
             await reader.stop()
@@ -216,6 +244,18 @@ async def send_all(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> 
         raise
 
 
+async def write_tables(
+    producer: AIOKafkaProducer, writes: Sequence[tuple[Table, Mapping[bytes, Any]]]
+) -> None:
+    """Changelog each table's new values (one sealed send), then take them in."""
+    changes = [table.changes(values) for table, values in writes]
+    acked = await send_all(producer, [c for batch in changes for c in batch])
+    start = 0
+    for (table, values), batch in zip(writes, changes, strict=True):
+        table.apply(values, batch, acked[start : start + len(batch)])
+        start += len(batch)
+
+
 OFFSET_KEY = b"\x00changelog-offset"
 
 
@@ -226,8 +266,16 @@ class RocksTable(Table):
     only the changelog written since; state larger than memory stays on disk.
     """
 
-    def __init__(self, prefix: str, name: str, partitions: int, directory: Path) -> None:
-        super().__init__(prefix, name, partitions)
+    def __init__(
+        self,
+        prefix: str,
+        name: str,
+        partitions: int,
+        directory: Path,
+        load: Callable[[bytes], Any] = _json_load,
+        dump: Callable[[Any], bytes] = _json_dump,
+    ) -> None:
+        super().__init__(prefix, name, partitions, load, dump)
         from rocksdict import Rdict  # optional dependency: the `rocksdb` extra
 
         self._open = Rdict
@@ -247,17 +295,26 @@ class RocksTable(Table):
         if partition not in self._dbs:
             return None
         raw = self._dbs[partition].get(key)
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else self.load(raw)
 
     def owned(self) -> Iterable[tuple[int, bytes, Any]]:
         for partition, db in list(self._dbs.items()):
             for key, raw in db.items():
                 if key != OFFSET_KEY:
-                    yield partition, key, orjson.loads(raw)
+                    yield partition, key, self.load(raw)
 
-    def apply(self, values: Mapping[bytes, Any], acked: Sequence[Any] = ()) -> None:
+    def apply(
+        self,
+        values: Mapping[bytes, Any],
+        changes: Sequence[Outgoing] = (),
+        acked: Sequence[Any] = (),
+    ) -> None:
+        encoded = {c.key: c.value for c in changes}
         for key, value in values.items():
-            self._db(partition_for(key, self.partitions))[key] = orjson.dumps(value)
+            raw = encoded.get(key)
+            self._db(partition_for(key, self.partitions))[key] = (
+                raw if raw is not None else self.dump(value)
+            )
         for metadata in acked:
             db = self._db(metadata.partition)
             held = db.get(OFFSET_KEY)
@@ -311,9 +368,14 @@ class RocksTable(Table):
             await reader.stop()
 
 
-def make_table(settings: Settings, name: str) -> Table:
+def make_table(
+    settings: Settings,
+    name: str,
+    load: Callable[[bytes], Any] = _json_load,
+    dump: Callable[[Any], bytes] = _json_dump,
+) -> Table:
     """The table store the settings ask for (`LEDGER_STORE`)."""
     if settings.store == "rocksdb":
         directory = settings.data_dir / "worker" / settings.topic_prefix.rstrip(".") / "tables"
-        return RocksTable(settings.topic_prefix, name, settings.partitions, directory)
-    return Table(settings.topic_prefix, name, settings.partitions)
+        return RocksTable(settings.topic_prefix, name, settings.partitions, directory, load, dump)
+    return Table(settings.topic_prefix, name, settings.partitions, load, dump)

@@ -22,7 +22,7 @@ from ledger.kafka import Outgoing
 from ledger.lifecycle import Fact, Refusal, SubjectState, admit
 from ledger.rejections import Provenance, rejection_record
 from ledger.topics import Topics
-from workers.runtime import Processor, Table, send_all
+from workers.runtime import Processor, Table, send_all, write_tables
 
 _KEY, _PARTITION, _OFFSET = "ledger-inbox-key", "ledger-inbox-partition", "ledger-inbox-offset"
 
@@ -45,9 +45,21 @@ def _provenance_of(record: Any) -> Provenance:
     )
 
 
+def _load_subject(raw: bytes) -> SubjectState:
+    return SubjectState.from_json(orjson.loads(raw))
+
+
+def _dump_subject(state: SubjectState) -> bytes:
+    return orjson.dumps(state.to_json())
+
+
 def subjects_table(settings: Settings) -> Table:
     return Table(
-        settings.topic_prefix, f"{settings.topic_prefix}validator-subjects", settings.partitions
+        settings.topic_prefix,
+        f"{settings.topic_prefix}validator-subjects",
+        settings.partitions,
+        _load_subject,
+        _dump_subject,
     )
 
 
@@ -79,7 +91,7 @@ def validator(settings: Settings, producer: AIOKafkaProducer) -> list[Processor]
         out: list[Outgoing] = []
         for record in batch:
             key = record.key
-            state = touched.get(key) or SubjectState.from_json(subjects.get(key))
+            state = touched.get(key) or subjects.get(key) or SubjectState()
             source = _provenance_of(record)
             if state.already_judged(source.partition, source.offset):
                 continue  # a redelivery after a restart or rebalance: judged before
@@ -92,10 +104,8 @@ def validator(settings: Settings, producer: AIOKafkaProducer) -> list[Processor]
                 continue
             touched[key] = verdict.judging(source.partition, source.offset)
             out.append(Outgoing(topics.events, fact.subject.encode(), record.value))
-        values = {k: s.to_json() for k, s in touched.items()}
         await send_all(producer, out)  # outputs are acknowledged before the state records them
-        acked = await send_all(producer, subjects.changes(values))
-        subjects.apply(values, acked)
+        await write_tables(producer, [(subjects, touched)])
 
     return [
         Processor("validator-screen", topics.inbox, screen),

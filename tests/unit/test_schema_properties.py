@@ -10,7 +10,8 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from events import InvalidEvent, decode, encode, from_mapping
+from events import InvalidEvent, decode, decode_recorded, encode, from_mapping
+from ledger.history import generate
 from tests.unit.test_schema import CASES
 
 ids = st.from_regex(r"\A[A-Za-z0-9._:-]{1,64}\Z")
@@ -101,6 +102,7 @@ def test_generated_valid_events_decode_and_roundtrip(payload: dict[str, Any]) ->
     event = decode(orjson.dumps(payload))
     assert event.type == payload["type"]
     assert decode(encode(event)) == event
+    assert decode_recorded(orjson.dumps(payload)) == event  # the projector's fast path
     assert event.occurred_at.tzinfo is not None
     assert datetime.fromisoformat(payload["occurred_at"]).astimezone(UTC) == event.occurred_at
 
@@ -143,3 +145,9 @@ def test_ids_outside_the_pattern_are_rejected(bad: str) -> None:
         assert [e.field for e in exc.errors] == ["data.request_id"]
     else:
         raise AssertionError(f"{bad!r} was accepted as an id")
+
+
+def test_the_recorded_fast_path_reads_the_demo_history_as_decode_does() -> None:
+    for event in generate(until=datetime(2026, 6, 30, tzinfo=UTC)):
+        raw = orjson.dumps(event)
+        assert decode_recorded(raw) == decode(raw)
