@@ -125,26 +125,56 @@ def seal_phases(
 async def send_sealed(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> list[Acked]:
     """Send and wait for every acknowledgement; where each landed, in input order.
 
-    Records go out as prebuilt batches, one or more per partition (a per-record
-    `send()` costs ~30 us here, a batch append ~4 us)."""
+    Records go out as prebuilt batches (a per-record `send()` costs ~30 us here, a batch
+    append ~4 us), the batches of one partition one after another, so a retried batch
+    never lands after a later one."""
     partitions: dict[str, list[int]] = {}
     for message in messages:
         if message.topic not in partitions:
             partitions[message.topic] = sorted(await producer.partitions_for(message.topic))
     acked: list[Any] = [None] * len(messages)
     for phase in seal_phases(messages, partitions):
-        pending: list[tuple[str, int, list[int], asyncio.Future[Any]]] = []
-        for (topic, partition), indexes in phase.items():
-            for chunk in _fill(producer, messages, indexes):
-                batch, members = chunk
-                batch.close()
-                future = await producer.send_batch(batch, topic, partition=partition)
-                pending.append((topic, partition, members, future))
-        results = await asyncio.gather(*(future for *_, future in pending))
-        for (topic, partition, members, _), metadata in zip(pending, results, strict=True):
-            for position, index in enumerate(members):
-                acked[index] = Acked(topic, partition, metadata.offset + position)
+        sends = [
+            _send_partition(producer, messages, topic, partition, indexes)
+            for (topic, partition), indexes in phase.items()
+        ]
+        for landed in await asyncio.gather(*sends):
+            for index, where in landed:
+                acked[index] = where
     return acked
+
+
+RETRIES = 8
+
+
+async def _send_partition(
+    producer: AIOKafkaProducer,
+    messages: Sequence[Outgoing],
+    topic: str,
+    partition: int,
+    indexes: list[int],
+) -> list[tuple[int, Acked]]:
+    """The messages at `indexes`, to one partition, in order; a batch refused with a
+    retriable error (a leader moving, a topic just created) is sent again."""
+    landed: list[tuple[int, Acked]] = []
+    for batch, members in _fill(producer, messages, indexes):
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                batch = _fill(producer, messages, members)[0][0]  # a sent batch is spent
+            batch.close()
+            try:
+                metadata = await (await producer.send_batch(batch, topic, partition=partition))
+                break
+            except KafkaError as exc:
+                if not exc.retriable or attempt == RETRIES:
+                    raise
+                await producer.client.force_metadata_update()
+                await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+        landed.extend(
+            (index, Acked(topic, partition, metadata.offset + position))
+            for position, index in enumerate(members)
+        )
+    return landed
 
 
 def _fill(

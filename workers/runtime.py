@@ -199,8 +199,16 @@ class Processor:
                 records = [
                     r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]
                 ]
-                async with self.lock:
-                    await self.handle(records)
+                try:
+                    async with self.lock:
+                        await self.handle(records)
+                except KafkaError:  # a send failed for good: redo the batch (idempotent)
+                    log.warning("%s: redoing a batch after a send failed", self.name)
+                    for tp, rs in batches.items():
+                        if rs:
+                            consumer.seek(tp, rs[0].offset)
+                    await asyncio.sleep(1.0)
+                    continue
                 offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs}
                 with contextlib.suppress(CommitFailedError, IllegalStateError):
                     await consumer.commit(offsets)  # lost to a rebalance: redone, idempotently
