@@ -1,7 +1,7 @@
 """End-to-end throughput: inbox -> validator -> ledger.events -> every projection folded,
 on embedded Tansu.
 
-    python -m bench.pipeline [--events N] [--mode live|backlog|both]
+    python -m bench.pipeline [--events N] [--mode live|backlog|both] [--workers K]
 
 live:    the worker and the API are up and warm (a warm-up event went all the way through);
          the clock starts when publishing starts and stops when the API's read model has
@@ -93,8 +93,10 @@ def report(label: str, n: int, started: float, at: float) -> None:
     print(f"  {label:<34} {took:6.2f} s  {n / took:>9,.0f} events/s")
 
 
-async def live(settings: Settings, bootstrap: str, events: int, log: Path) -> None:
-    worker = start_worker(settings, bootstrap, log)
+async def live(
+    settings: Settings, bootstrap: str, events: int, log: Path, workers: int = 1
+) -> None:
+    started_workers = [start_worker(settings, bootstrap, log) for _ in range(workers)]
     api = start_api(settings, bootstrap, log)
     try:
         await publish(settings, bootstrap, history(3, "warm"))
@@ -109,24 +111,28 @@ async def live(settings: Settings, bootstrap: str, events: int, log: Path) -> No
         report("judged (events + rejected)", len(messages), started, await judging)
         report("folded by every projection + API", len(messages), started, done)
     finally:
-        stop_process(worker)
+        for worker in started_workers:
+            stop_process(worker)
         stop_process(api)
 
 
-async def backlog(settings: Settings, bootstrap: str, events: int, log: Path) -> None:
+async def backlog(
+    settings: Settings, bootstrap: str, events: int, log: Path, workers: int = 1
+) -> None:
     messages = history(events, "backlog")
     print(f"backlog: {len(messages):,} events waiting, then the worker starts")
     api = start_api(settings, bootstrap, log)
     await publish(settings, bootstrap, messages)
     started = time.perf_counter()
-    worker = start_worker(settings, bootstrap, log)
+    started_workers = [start_worker(settings, bootstrap, log) for _ in range(workers)]
     try:
         judging = asyncio.create_task(judged(settings, bootstrap, len(messages)))
         done = await wait_folded(settings, len(messages))
         report("judged (incl. start-up)", len(messages), started, await judging)
         report("folded (incl. start-up)", len(messages), started, done)
     finally:
-        stop_process(worker)
+        for worker in started_workers:
+            stop_process(worker)
         stop_process(api)
 
 
@@ -134,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--mode", choices=("live", "backlog", "both"), default="both")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         for mode in ("live", "backlog") if args.mode == "both" else (args.mode,):
@@ -147,7 +154,8 @@ def main() -> None:
                 api_url=f"http://127.0.0.1:{port}",
             )
             run = live if mode == "live" else backlog
-            asyncio.run(run(settings, broker.bootstrap, args.events, Path(tmp) / f"{mode}.log"))
+            log = Path(tmp) / f"{mode}.log"
+            asyncio.run(run(settings, broker.bootstrap, args.events, log, args.workers))
 
 
 if __name__ == "__main__":
