@@ -205,7 +205,7 @@ class Processor:
                 except KafkaError:  # a send failed for good: redo the batch (idempotent)
                     log.warning("%s: redoing a batch after a send failed", self.name)
                     for tp, rs in batches.items():
-                        if rs:
+                        with contextlib.suppress(IllegalStateError):  # revoked meanwhile
                             consumer.seek(tp, rs[0].offset)
                     await asyncio.sleep(1.0)
                     continue
