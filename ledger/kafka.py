@@ -9,7 +9,12 @@ from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import murmur2
 
 from ledger.config import Settings
@@ -181,19 +186,19 @@ def _fill(
     producer: AIOKafkaProducer, messages: Sequence[Outgoing], indexes: list[int]
 ) -> list[tuple[Any, list[int]]]:
     """The messages at `indexes` appended to as few batches as their size allows."""
-    chunks: list[tuple[Any, list[int]]] = []
-    batch, members = producer.create_batch(), list[int]()
+    chunks: list[tuple[Any, list[int]]] = [(producer.create_batch(), [])]
     for index in indexes:
         m = messages[index]
-        headers = m.headers or []
-        if batch.append(key=m.key, value=m.value, timestamp=None, headers=headers) is None:
-            if not members:
-                raise KafkaError(f"a record of {len(m.value or b'')} bytes fits no batch")
-            chunks.append((batch, members))
-            batch, members = producer.create_batch(), []
-            if batch.append(key=m.key, value=m.value, timestamp=None, headers=headers) is None:
-                raise KafkaError(f"a record of {len(m.value or b'')} bytes fits no batch")
-        members.append(index)
-    if members:
-        chunks.append((batch, members))
-    return chunks
+        for fresh in (False, True):
+            if fresh:
+                chunks.append((producer.create_batch(), []))
+            batch, members = chunks[-1]
+            appended = batch.append(
+                key=m.key, value=m.value, timestamp=None, headers=m.headers or []
+            )
+            if appended is not None:
+                members.append(index)
+                break
+            if not members:  # not even an empty batch takes it
+                raise RecordTooLargeError(f"a record of {len(m.value or b'')} bytes fits no batch")
+    return [chunk for chunk in chunks if chunk[1]]

@@ -202,7 +202,9 @@ class Processor:
                 try:
                     async with self.lock:
                         await self.handle(records)
-                except KafkaError:  # a send failed for good: redo the batch (idempotent)
+                except KafkaError as exc:  # retries ran out: redo the batch (idempotent)
+                    if not exc.retriable:
+                        raise  # redoing cannot help (a record too large, denied access)
                     log.warning("%s: redoing a batch after a send failed", self.name)
                     for tp, rs in batches.items():
                         with contextlib.suppress(IllegalStateError):  # revoked meanwhile
