@@ -26,13 +26,13 @@ from pathlib import Path
 
 import orjson
 
-from ledger.broker import EmbeddedBroker, free_port
-from ledger.config import Settings
-from ledger.publisher import Publisher
-from ledger.query import QueryError, fetch
-from ledger.reader import collect
-from ledger.runner import start_api, start_worker, stop_process
-from ledger.topics import Topics
+from ledger.adapters.broker import EmbeddedBroker, free_port
+from ledger.adapters.config import Settings
+from ledger.adapters.publisher import Publisher
+from ledger.adapters.reader import collect
+from ledger.adapters.topics import Topics
+from ledger.entrypoints.query import QueryError, fetch
+from ledger.entrypoints.runner import start_api, start_worker, stop_process
 
 
 def history(events: int, tag: str) -> list[tuple[bytes, bytes]]:

@@ -59,6 +59,9 @@ def from_mapping(obj: Any) -> AnyEvent:
         return model.model_validate(obj)
     except ValidationError as exc:
         raise InvalidEvent([_field_error(e) for e in exc.errors()]) from None
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # a validator met a shape no rule foresaw: still a verdict on this one message
+        raise InvalidEvent.single("internal_error", None, f"{type(exc).__name__}: {exc}") from None
 
 
 def encode(event: AnyEvent) -> bytes:
@@ -79,7 +82,7 @@ def json_schema() -> dict[str, Any]:
 
 def _upcast(obj: dict[str, Any]) -> dict[str, Any]:
     event_type = obj.get("type")
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         raise InvalidEvent.single(
             "schema", "type", f"must be one of {', '.join(EVENT_TYPES)} (got {event_type!r})"
         )

@@ -1,2 +1,3 @@
-"""Domain rules (request lifecycle, F.A.I.R. policy, calendars), the publishing client,
-CLI and configuration."""
+"""The ledger, in layers: `rules` (pure domain), `adapters` (Kafka, broker, settings),
+`api` (the HTTP query API) and `entrypoints` (the command line). Imports go upwards only;
+`tests/unit/test_layers.py` checks it."""

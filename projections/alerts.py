@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from events.schema import AnyEvent
-from ledger.calendar import Unit
-from ledger.policy import Policy
+from ledger.rules.calendar import Unit
+from ledger.rules.policy import Policy
 from projections.state import (
     CustomerState,
     RequestState,

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from ledger.calendar import BusinessCalendar, Unit
-from ledger.policy import Policy, assess
+from ledger.rules.calendar import BusinessCalendar, Unit
+from ledger.rules.policy import Policy, assess
 from projections.state import CustomerState, DecisionRecord, RequestState, request_as_of
 
 Row = dict[str, Any]

@@ -24,8 +24,8 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from ledger.config import Settings
-from ledger.topics import Topics
+from ledger.adapters.config import Settings
+from ledger.adapters.topics import Topics
 
 log = logging.getLogger(__name__)
 DAY_MS = 24 * 3600 * 1000

@@ -25,11 +25,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from events import InvalidEvent, decode_recorded
-from ledger.calendar import Unit
-from ledger.config import Settings
-from ledger.kafka import Outgoing
-from ledger.policy import Policy, load_policy
-from ledger.topics import Topics
+from ledger.adapters.config import Settings
+from ledger.adapters.kafka import Outgoing
+from ledger.adapters.topics import Topics
+from ledger.rules.calendar import Unit
+from ledger.rules.policy import Policy, load_policy
 from projections.alerts import Alert, customer_alerts, event_alerts, new_alerts, request_alerts
 from projections.state import CustomerState, RequestState, apply_customer, apply_request
 from workers.runtime import Processor, Table, make_table, send_all, write_tables

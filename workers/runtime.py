@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from ledger.config import Settings
-from ledger.kafka import Outgoing, partition_for, send_sealed
+from ledger.adapters.config import Settings
+from ledger.adapters.kafka import Outgoing, partition_for, send_sealed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]

@@ -2,7 +2,7 @@
 
 Screening decodes and schema-checks each message once and re-keys it by its own
 subject (`r:<request>` / `c:<customer>`): the inbox key is only a hint. Admission runs
-the pure lifecycle rules of `ledger.lifecycle` against a changelogged table keyed like
+the pure lifecycle rules of `ledger.rules.lifecycle` against a changelogged table keyed like
 its stream, writes each touched key once per batch, and recognises a redelivered
 message by its inbox position, so nothing is judged twice.
 """
@@ -17,11 +17,11 @@ from aiokafka import AIOKafkaProducer
 
 from events import InvalidEvent, decode, subject_of
 from events.errors import FieldError
-from ledger.config import Settings
-from ledger.kafka import Outgoing
-from ledger.lifecycle import Fact, Refusal, SubjectState, admit
-from ledger.rejections import Provenance, rejection_record
-from ledger.topics import Topics
+from ledger.adapters.config import Settings
+from ledger.adapters.kafka import Outgoing
+from ledger.adapters.topics import Topics
+from ledger.rules.lifecycle import Fact, Refusal, SubjectState, admit
+from ledger.rules.rejections import Provenance, rejection_record
 from workers.runtime import Processor, Table, send_all, write_tables
 
 _KEY, _PARTITION, _OFFSET = "ledger-inbox-key", "ledger-inbox-partition", "ledger-inbox-offset"

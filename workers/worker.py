@@ -11,8 +11,8 @@ import signal
 
 from aiokafka import AIOKafkaProducer
 
-from ledger.config import Settings
-from ledger.kafka import ensure_ledger_topics, ensure_topics
+from ledger.adapters.config import Settings
+from ledger.adapters.kafka import ensure_ledger_topics, ensure_topics
 from workers.dispatcher import Dispatcher
 from workers.projector import Projector
 from workers.runtime import Processor

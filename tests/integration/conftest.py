@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.broker import EmbeddedBroker, free_port
-from ledger.config import Settings
-from ledger.runner import stop_process, worker_env
+from ledger.adapters.broker import EmbeddedBroker, free_port
+from ledger.adapters.config import Settings
+from ledger.entrypoints.runner import stop_process, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ class Workers:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self, module: str = "workers") -> subprocess.Popen[bytes]:
-        """Start `python -m <module>` (the stream workers, or `workers.api`)."""
+        """Start `python -m <module>` (the stream workers, or `ledger.api`)."""
         assert self.settings.broker is not None
         log = (self.log_dir / f"{module}-{len(self.processes)}.log").open("wb")
         process = subprocess.Popen(  # noqa: S603

@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 
 from events import from_mapping
-from ledger.broker import free_port
-from ledger.config import Settings
-from ledger.policy import Policy
-from ledger.reader import collect
-from ledger.topics import Topics
+from ledger.adapters.broker import free_port
+from ledger.adapters.config import Settings
+from ledger.adapters.reader import collect
+from ledger.adapters.topics import Topics
+from ledger.rules.policy import Policy
 from projections.alerts import alerts_of_log
 from tests.integration.conftest import Workers
 from tests.integration.test_api import get_json, known_history, publish, wait_folded
@@ -80,7 +80,7 @@ async def test_receiver_down_then_up_gets_every_alert_once_across_a_restart(
     assert {a["kind"] for a in expected.values()} >= {"decision_overdue", "customer_abuse_flagged"}
     try:
         first = workers.start()
-        workers.start("workers.api")
+        workers.start("ledger.api")
         await publish(settings, events)
         await wait_folded(settings, len(events), workers)
         assert settings.broker is not None

@@ -15,10 +15,10 @@ import orjson
 import pytest
 
 from events import from_mapping
-from ledger.config import Settings
-from ledger.history import generate
-from ledger.policy import Policy
-from ledger.publisher import Publisher
+from ledger.adapters.config import Settings
+from ledger.adapters.publisher import Publisher
+from ledger.entrypoints.history import generate
+from ledger.rules.policy import Policy
 from projections import Folded, fold
 from projections.alerts import alerts_of_log
 from projections.views import abuse, customer_view, metrics, overdue, pipeline, request_view
@@ -113,7 +113,7 @@ async def test_every_route_answers_the_fold_of_the_log(
     events = known_history()
     folded = fold(from_mapping(e) for e in events)
     workers.start()
-    workers.start("workers.api")
+    workers.start("ledger.api")
     await publish(settings, events)
     await wait_folded(settings, len(events), workers)
 
@@ -195,7 +195,7 @@ async def test_every_route_answers_the_fold_of_the_log(
 
 async def test_post_events_validates_all_or_nothing(settings: Settings, workers: Workers) -> None:
     workers.start()
-    workers.start("workers.api")
+    workers.start("ledger.api")
     await wait_folded(settings, 0, workers)
     bad = score("P1", name="bad")
     bad["data"]["fit"] = 9
@@ -224,7 +224,7 @@ async def test_bearer_token_guards_every_route_but_health(
     settings: Settings, workers: Workers
 ) -> None:
     workers.settings = settings.model_copy(update={"api_token": "s3cret"})
-    workers.start("workers.api")
+    workers.start("ledger.api")
     await wait_folded(settings, 0, workers)
     assert (await get(settings, "/health")).status == 200
     for path in ("/pipeline", "/overdue", "/customers/abuse", "/metrics/decisions", "/alerts"):
@@ -240,7 +240,7 @@ async def test_sigkill_halfway_converges_to_the_fold(settings: Settings, workers
     folded = fold(from_mapping(e) for e in events)
     half = len(events) // 2
     first = workers.start()
-    workers.start("workers.api")
+    workers.start("ledger.api")
     await publish(settings, events[:half])
     await wait_folded(settings, half // 3, workers)
     first.send_signal(signal.SIGKILL)
@@ -259,7 +259,7 @@ async def test_two_workers_give_the_same_answers(settings: Settings, workers: Wo
     folded = fold(from_mapping(e) for e in events)
     workers.start()
     workers.start()
-    workers.start("workers.api")
+    workers.start("ledger.api")
     await publish(settings, events)
     await wait_folded(settings, len(events), workers, timeout=180)
     await assert_lists_match(settings, folded)
@@ -271,7 +271,7 @@ async def test_rocksdb_store_recovers_after_a_restart(settings: Settings, worker
     folded = fold(from_mapping(e) for e in events)
     half = len(events) // 2
     first = workers.start()
-    workers.start("workers.api")
+    workers.start("ledger.api")
     await publish(settings, events[:half])
     await wait_folded(settings, half, workers)
     first.send_signal(signal.SIGTERM)

@@ -13,14 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from events import AnyEvent
-from ledger.cli import app
-from ledger.config import Settings
-from ledger.demo import DEMO_CLOCK, demo_messages
-from ledger.intake import parse_lines
-from ledger.lifecycle import Fact, SubjectState, admit
-from ledger.policy import Policy
-from ledger.reader import collect
-from ledger.topics import Topics
+from ledger.adapters.config import Settings
+from ledger.adapters.reader import collect
+from ledger.adapters.topics import Topics
+from ledger.entrypoints.cli import app
+from ledger.entrypoints.demo import DEMO_CLOCK, demo_messages
+from ledger.rules.intake import parse_lines
+from ledger.rules.lifecycle import Fact, SubjectState, admit
+from ledger.rules.policy import Policy
 from projections.alerts import alerts_of_log
 from tests.factories import intake, raw, score
 

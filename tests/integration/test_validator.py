@@ -10,10 +10,10 @@ from collections import Counter
 import orjson
 import pytest
 
-from ledger.config import Settings
-from ledger.publisher import Publisher
-from ledger.reader import Collected, collect
-from ledger.topics import Topics
+from ledger.adapters.config import Settings
+from ledger.adapters.publisher import Publisher
+from ledger.adapters.reader import Collected, collect
+from ledger.adapters.topics import Topics
 from tests.factories import decision, eid, escalation, intake, raw, revisit, score
 from tests.integration.conftest import Workers
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from events import from_mapping
 from events.schema import AnyEvent
-from ledger.policy import Policy
+from ledger.rules.policy import Policy
 from projections import fold
 from projections.alerts import alerts_of_log, customer_alerts, request_alerts
 from tests.factories import decision, escalation, intake, revisit

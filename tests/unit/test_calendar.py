@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from ledger.calendar import BusinessCalendar
+from ledger.rules.calendar import BusinessCalendar
 
 CAL = BusinessCalendar()
 UTC = UTC

@@ -7,8 +7,8 @@ import base64
 import orjson
 
 from events import FieldError
-from ledger.intake import parse_body, parse_lines
-from ledger.rejections import Provenance, rejection_record
+from ledger.rules.intake import parse_body, parse_lines
+from ledger.rules.rejections import Provenance, rejection_record
 from tests.factories import intake, raw, score
 
 

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events import from_mapping
-from ledger.lifecycle import Fact, Refusal, SubjectState, Violation, admit
+from ledger.rules.lifecycle import Fact, Refusal, SubjectState, Violation, admit
 from tests.factories import decision, escalation, intake, revisit, score
 
 

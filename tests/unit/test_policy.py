@@ -9,7 +9,7 @@ import pytest
 
 from events import from_mapping
 from events.schema import IntakeData, ScoreData
-from ledger.policy import FairPolicy, PolicyError, assess, load_policy
+from ledger.rules.policy import FairPolicy, PolicyError, assess, load_policy
 from tests.factories import intake, score
 
 DEFAULT = FairPolicy()

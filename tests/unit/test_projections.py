@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from events import from_mapping
 from events.schema import AnyEvent
-from ledger.policy import Policy
+from ledger.rules.policy import Policy
 from projections import fold
 from projections.views import abuse, customer_view, metrics, overdue, pipeline, request_view
 from tests.factories import decision, escalation, intake, revisit, score

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events import InvalidEvent, decode, decode_recorded, encode, from_mapping
-from ledger.history import generate
+from ledger.entrypoints.history import generate
 from tests.unit.test_schema import CASES
 
 ids = st.from_regex(r"\A[A-Za-z0-9._:-]{1,64}\Z")
@@ -151,3 +151,53 @@ def test_the_recorded_fast_path_reads_the_demo_history_as_decode_does() -> None:
     for event in generate(until=datetime(2026, 6, 30, tzinfo=UTC)):
         raw = orjson.dumps(event)
         assert decode_recorded(raw) == decode(raw)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.sampled_from(["intake", "score", "decision", "revisit", "escalation", 1, 2]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=30,
+)
+envelope_keys = st.sampled_from(
+    ["event_id", "type", "schema_version", "occurred_at", "source", "actor", "data"]
+)
+shaped_like_events = st.dictionaries(envelope_keys, json_values, max_size=7)
+
+
+def _only_events_or_invalid(raw: bytes) -> None:
+    try:
+        decode(raw)
+    except InvalidEvent as exc:
+        assert exc.errors, "an InvalidEvent names at least one broken rule"
+
+
+@given(st.binary(max_size=200))
+def test_decode_judges_arbitrary_bytes(raw: bytes) -> None:
+    _only_events_or_invalid(raw)
+
+
+@given(json_values)
+def test_decode_judges_json_of_any_shape(value: Any) -> None:
+    _only_events_or_invalid(orjson.dumps(value))
+
+
+@given(shaped_like_events, st.sampled_from([None, "intake", "decision", "escalation"]))
+def test_decode_judges_envelopes_with_values_of_any_shape(obj: dict, kind: str | None) -> None:
+    if kind is not None:
+        obj = {**obj, "type": kind, "schema_version": 1}
+    _only_events_or_invalid(orjson.dumps(obj))
+
+
+def test_an_unhashable_type_is_a_schema_error_naming_the_field() -> None:
+    for raw in (b'{"type":[]}', b'{"type":{}}', b'{"type":["intake"],"schema_version":1}'):
+        try:
+            decode(raw)
+        except InvalidEvent as exc:
+            assert [(e.code, e.field) for e in exc.errors] == [("schema", "type")]
+        else:
+            raise AssertionError(f"{raw!r} was accepted")

@@ -13,7 +13,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from ledger.kafka import Outgoing, partition_for, seal_phases, send_sealed
+from ledger.adapters.kafka import Outgoing, partition_for, seal_phases, send_sealed
 
 
 def test_partition_for_matches_kafkas_default_partitioner() -> None:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ledger.broker import EmbeddedBroker
-from ledger.config import Settings
+from ledger.adapters.broker import EmbeddedBroker
+from ledger.adapters.config import Settings
 
 
 @dataclass
@@ -76,8 +76,8 @@ def start_worker(
 def start_api(
     settings: Settings, bootstrap: str, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """The query API: `python -m workers.api`."""
-    return start_module("workers.api", settings, bootstrap, log)
+    """The query API: `python -m ledger.api`."""
+    return start_module("ledger.api", settings, bootstrap, log)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

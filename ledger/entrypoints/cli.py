@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 
 from events import AnyEvent, json_schema
-from ledger.config import Settings
-from ledger.intake import parse_lines
-from ledger.publisher import Publisher
+from ledger.adapters.config import Settings
+from ledger.adapters.publisher import Publisher
+from ledger.rules.intake import parse_lines
 
 app = typer.Typer(
     help="The partner decision ledger: validate, record and query partner decisions.",
@@ -69,7 +69,7 @@ def up() -> None:
     LEDGER_BROKER is unset) until Ctrl-C."""
     import time
 
-    from ledger.runner import running_ledger
+    from ledger.entrypoints.runner import running_ledger
 
     settings = Settings()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -94,7 +94,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="keep the ledger running afterwards")] = False,
 ) -> None:
     """Start everything on an embedded broker, load a sample history, show the views."""
-    from ledger.demo import run_demo
+    from ledger.entrypoints.demo import run_demo
 
     raise typer.Exit(run_demo(Settings(broker=None), out, timeout, keep))
 
@@ -108,7 +108,7 @@ Csv = Annotated[bool, typer.Option("--csv", help="print CSV")]
 
 
 def _ask(what: str, path: str, params: dict[str, Any], as_json: bool, as_csv: bool) -> None:
-    from ledger.query import QueryError, decode, fetch, render
+    from ledger.entrypoints.query import QueryError, decode, fetch, render
 
     settings = Settings()
     if as_json and as_csv:

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ledger.config import Settings
-from ledger.topics import Topics
+from ledger.adapters.config import Settings
+from ledger.adapters.topics import Topics
 from projections.state import CustomerState, RequestState
 from workers.projector import table_names
 from workers.runtime import changelog_topic

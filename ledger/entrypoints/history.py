@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events import from_mapping
-from ledger.policy import FairPolicy, assess
+from ledger.rules.policy import FairPolicy, assess
 
 NAMESPACE = uuid.UUID("0b9f6c1e-5d0e-4c2a-9a57-3f1d2b7c9e01")
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

@@ -17,8 +17,8 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from ledger.config import Settings
-from ledger.topics import Topics
+from ledger.adapters.config import Settings
+from ledger.adapters.topics import Topics
 
 
 async def ensure_topics(

@@ -1,6 +1,6 @@
 """The query API (CONTRACT section 5), on aiohttp, over a `ReadModel`.
 
-It runs in its own process (`python -m workers.api`, started by `ledger up`): it folds
+It runs in its own process (`python -m ledger.api`, started by `ledger up`): it folds
 nothing itself, it reads the projector's changelogs, so any number of API processes
 give the same answers whichever workers own which partitions.
 """
@@ -19,12 +19,12 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ledger.config import Settings
-from ledger.intake import parse_body
-from ledger.policy import Policy, load_policy
-from ledger.publisher import Publisher
+from ledger.adapters.config import Settings
+from ledger.adapters.publisher import Publisher
+from ledger.api.readmodel import ReadModel
+from ledger.rules.intake import parse_body
+from ledger.rules.policy import Policy, load_policy
 from projections import views
-from workers.readmodel import ReadModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_MODEL: web.AppKey[ReadModel] = web.AppKey("read_model", ReadModel)
@@ -266,7 +266,3 @@ def main() -> None:
     app = build_app(settings, settings.broker)
     print(f"ledger API on http://{settings.api_host}:{settings.api_port}", flush=True)  # noqa: T201
     web.run_app(app, host=settings.api_host, port=settings.api_port, print=None)
-
-
-if __name__ == "__main__":
-    main()

@@ -22,15 +22,15 @@ from rich.progress import Progress
 from rich.table import Table
 
 from events import from_mapping
-from ledger.broker import free_port
-from ledger.config import Settings
-from ledger.history import generate
-from ledger.policy import load_policy
-from ledger.publisher import Publisher
-from ledger.query import QueryError, decode, fetch, render
-from ledger.reader import Collected, Record, collect
-from ledger.runner import running_ledger
-from ledger.topics import Topics
+from ledger.adapters.broker import free_port
+from ledger.adapters.config import Settings
+from ledger.adapters.publisher import Publisher
+from ledger.adapters.reader import Collected, Record, collect
+from ledger.adapters.topics import Topics
+from ledger.entrypoints.history import generate
+from ledger.entrypoints.query import QueryError, decode, fetch, render
+from ledger.entrypoints.runner import running_ledger
+from ledger.rules.policy import load_policy
 from projections.alerts import alerts_of_log
 
 DEMO_CLOCK = datetime(2026, 6, 30, 9, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
-from ledger.config import Settings
+from ledger.adapters.config import Settings
 
 
 @dataclass

@@ -8,9 +8,9 @@ from types import TracebackType
 from aiokafka import AIOKafkaProducer
 
 from events import AnyEvent, subject_of
-from ledger.config import Settings
-from ledger.kafka import Outgoing, ensure_ledger_topics, send_sealed
-from ledger.topics import Topics
+from ledger.adapters.config import Settings
+from ledger.adapters.kafka import Outgoing, ensure_ledger_topics, send_sealed
+from ledger.adapters.topics import Topics
 
 
 class Publisher:
@@ -46,7 +46,7 @@ class Publisher:
 
     async def send_raw(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
         """Send key/value pairs as they are (tests use it to push garbage into the inbox),
-        sealed in chunks (see `ledger.kafka.send_sealed`), each chunk acknowledged."""
+        sealed in chunks (see `ledger.adapters.kafka.send_sealed`), each chunk acknowledged."""
         chunk: list[Outgoing] = []
         sent = 0
         for key, value in messages:
