@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test soak lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# 50 SIGKILLs of a worker under a flowing stream (`make test` runs 10)
+soak: $(STAMP)
+	LEDGER_SOAK_KILLS=50 $(BIN)/pytest tests/integration/test_exactly_once.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -104,10 +104,32 @@ def _entry(event: AnyEvent, summary: str) -> TimelineEntry:
     )
 
 
+def fold_order(event: AnyEvent) -> tuple[bool, datetime, str]:
+    """The order a request's events are folded in, whatever order they arrived in: its
+    intake first (nothing folds before it), then by `occurred_at`, ties by `event_id`."""
+    return (event.type != "intake", event.occurred_at, str(event.event_id))
+
+
 def apply_request(state: RequestState | None, event: AnyEvent) -> RequestState | None:
-    """Fold one event into a request's state (`None` until its intake)."""
+    """Fold one event into a request's state (`None` until its intake).
+
+    An event that arrives after one it precedes in `fold_order` refolds the request's
+    history in that order, so the state never depends on arrival order."""
     event_id = str(event.event_id)
     if event.type == "escalation" or (state is not None and event_id in state.event_ids):
+        return state
+    if state is not None and fold_order(event) < fold_order(state.history[-1]):
+        refolded: RequestState | None = None
+        for earlier in sorted((*state.history, event), key=fold_order):
+            refolded = _apply_in_order(refolded, earlier)
+        return refolded
+    return _apply_in_order(state, event)
+
+
+def _apply_in_order(state: RequestState | None, event: AnyEvent) -> RequestState | None:
+    """`apply_request` for an event that comes after every event `state` holds."""
+    event_id = str(event.event_id)
+    if event.type == "escalation":
         return state
     if event.type == "intake":
         if state is not None:
@@ -124,7 +146,7 @@ def apply_request(state: RequestState | None, event: AnyEvent) -> RequestState |
             history=(event,),
         )
     if state is None:
-        return None  # not taken in: the validator refuses these
+        return None  # never in the ledger: the validator admits nothing before an intake
     seen = state.event_ids | {event_id}
     history = (*state.history, event)
     if event.type == "score":
@@ -194,12 +216,16 @@ def apply_customer(state: CustomerState | None, event: AnyEvent) -> CustomerStat
         request_id=e.request_id,
         summary=e.summary,
     )
+    escalations = (*state.escalations, record)
+    if len(escalations) > 1 and _order(record) < _order(state.escalations[-1]):
+        escalations = tuple(sorted(escalations, key=_order))  # arrived out of order
     return state.model_copy(
-        update={
-            "escalations": (*state.escalations, record),
-            "event_ids": state.event_ids | {event_id},
-        }
+        update={"escalations": escalations, "event_ids": state.event_ids | {event_id}}
     )
+
+
+def _order(record: EscalationRecord) -> tuple[datetime, str]:
+    return (record.occurred_at, record.event_id)
 
 
 def request_as_of(state: RequestState, instant: datetime) -> RequestState | None:

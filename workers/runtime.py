@@ -41,6 +41,11 @@ def changelog_topic(prefix: str, table: str) -> str:
     return f"{prefix}ledger-{table}-changelog"
 
 
+def group_id(prefix: str, processor: str) -> str:
+    """The consumer group of a processor."""
+    return f"{prefix}ledger-{processor}"
+
+
 def _json_load(raw: bytes) -> Any:
     return orjson.loads(raw)
 
@@ -151,7 +156,7 @@ class Processor:
         topic: str,
         handle: Handler,
         tables: Sequence[Table] = (),
-        on_assigned: Callable[[set[int]], None] | None = None,
+        on_assigned: Callable[[set[int]], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.topic = topic
@@ -180,7 +185,7 @@ class Processor:
     async def run(self, settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
-            group_id=f"{settings.topic_prefix}ledger-{self.name}",
+            group_id=group_id(settings.topic_prefix, self.name),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=int(settings.session_timeout_s * 1000),
@@ -212,8 +217,11 @@ class Processor:
                     await asyncio.sleep(1.0)
                     continue
                 offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs}
-                with contextlib.suppress(CommitFailedError, IllegalStateError):
-                    await consumer.commit(offsets)  # lost to a rebalance: redone, idempotently
+                try:
+                    await consumer.commit(offsets)
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # lost to a rebalance: the batch is redone, idempotently
+                    log.warning("%s: commit failed (%r); the batch will be redone", self.name, exc)
         finally:
             self.consumer = None
             await consumer.stop()
@@ -239,8 +247,47 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 table.drop(new)  # whatever was there is stale: rebuild from the changelog
                 await table.recover(self.settings, self.bootstrap, new)
             self.processor.assigned |= new
-            if self.processor.on_assigned is not None:
-                self.processor.on_assigned(new)
+            if self.processor.on_assigned is not None and new:
+                await self.processor.on_assigned(new)
+
+
+async def read_since(
+    settings: Settings,
+    bootstrap: str,
+    topics: Sequence[str],
+    starts: Mapping[TopicPartition, int],
+    ends_only: bool = False,
+) -> tuple[list[ConsumerRecord[bytes, bytes]], dict[TopicPartition, int]]:
+    """Every record of `topics` from `starts` (their ends where not given) to the end, and
+    the ends (exact: every writer of our topics seals). `ends_only`: no records."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+        **settings.kafka_client_options(),
+    )  # fmt: skip
+    await reader.start()
+    try:
+        tps = []
+        for topic in topics:
+            partitions = await reader._client._wait_on_metadata(topic)  # noqa: SLF001
+            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+        reader.assign(tps)
+        ends = await reader.end_offsets(tps)
+        remaining = set()
+        for tp in tps:
+            start = starts.get(tp, ends[tp])
+            reader.seek(tp, start)
+            if ends[tp] > start and not ends_only:
+                remaining.add(tp)
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        while remaining:
+            batches = await reader.getmany(*remaining, timeout_ms=500, max_records=50_000)
+            for tp, records in batches.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        return out, dict(ends)
+    finally:
+        await reader.stop()
 
 
 async def send_all(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> list[Any]:

@@ -21,7 +21,9 @@ from workers.validator import validator
 log = logging.getLogger("ledger.worker")
 
 
-async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
+async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) -> bool:
+    """Run until `stop` is set; False when it stopped because a processor failed."""
+    failed = False
     await ensure_ledger_topics(settings, bootstrap)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -34,7 +36,10 @@ async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) ->
     await producer.start()
     try:
         projector = Projector(settings, producer)
-        processors: list[Processor] = [*validator(settings, producer), projector.processor]
+        processors: list[Processor] = [
+            *validator(settings, bootstrap, producer),
+            projector.processor,
+        ]
         tables = [t for p in processors for t in p.tables]
         await ensure_topics(
             bootstrap,
@@ -54,6 +59,7 @@ async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) ->
         for task in done:
             if task is not stopping and task.exception() is not None:
                 log.error("a processor failed; stopping", exc_info=task.exception())
+                failed = True
                 stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)  # each finishes its batch
         # each dispatcher finishes the POST in flight (bounded by the webhook timeout)
@@ -65,6 +71,7 @@ async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) ->
         stopping.cancel()
     finally:
         await producer.stop()
+    return not failed
 
 
 def main() -> None:
@@ -76,12 +83,14 @@ def main() -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
 
-    async def run() -> None:
+    async def run() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, bootstrap, stop)
+        return await run_worker(settings, bootstrap, stop)
 
-    asyncio.run(run())
+    if not asyncio.run(run()):
+        # non-zero, so a supervisor (systemd, Docker, Kubernetes) restarts the worker
+        raise SystemExit(1)

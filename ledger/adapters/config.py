@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # Tansu delays a new group's first join by half the session timeout: keep it short.
     session_timeout_s: float = Field(8.0, gt=0)
     batch_size: int = Field(2000, ge=1)
+    # /health calls a stage stalled when records wait and its offsets have not moved for this
+    stall_after_s: float = Field(60.0, gt=0)
     # SASL/TLS pass-through for a real cluster.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None

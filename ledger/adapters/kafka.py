@@ -105,6 +105,17 @@ def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:
     return partitions[_key_hash(key) % len(partitions)]
 
 
+@functools.lru_cache(maxsize=1024)
+def key_in_partition(prefix: bytes, partition: int, partitions: int) -> bytes:
+    """A key starting with `prefix` that the default partitioner sends to `partition`
+    (of `partitions`): a per-partition record, such as a table's output mark."""
+    for n in range(1_000_000):
+        key = prefix + str(n).encode()
+        if partition_for(key, range(partitions)) == partition:
+            return key
+    raise ValueError(f"no key found for partition {partition}")  # pragma: no cover
+
+
 class Acked(NamedTuple):
     """Where one sent record landed."""
 

@@ -22,6 +22,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -57,7 +58,9 @@ async def collect(
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for tp, messages in batches.items():
                 collected.records[tp.topic].extend(
-                    Record(tp.topic, tp.partition, m.offset, m.key, m.value or b"")
+                    Record(
+                        tp.topic, tp.partition, m.offset, m.key, m.value or b"", tuple(m.headers)
+                    )
                     for m in messages
                 )
             if on_progress is not None:

@@ -11,23 +11,29 @@ import asyncio
 import csv
 import hmac
 import io
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.typedefs import Middleware
 
 from ledger.adapters.config import Settings
 from ledger.adapters.publisher import Publisher
 from ledger.api.readmodel import ReadModel
+from ledger.api.stream import StreamWatch
 from ledger.rules.intake import parse_body
 from ledger.rules.policy import Policy, load_policy
 from projections import views
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_MODEL: web.AppKey[ReadModel] = web.AppKey("read_model", ReadModel)
+STREAM: web.AppKey[StreamWatch] = web.AppKey("stream", StreamWatch)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+MAX_BODY_BYTES = 1024 * 1024  # POST /events: about 2,000 typical events per request
 PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher", Publisher)
 
 
@@ -94,11 +100,15 @@ class Api:
     # -- routes --------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
         model = request.app[READ_MODEL]
+        stream = request.app[STREAM].report()
+        reachable = request.app[STREAM].broker_reachable
+        stalled = stream["status"] == "stalled"
         return _json(
             {
-                "status": "ok",
-                "ready": model.ready.is_set(),
-                "broker_reachable": model.broker_reachable,
+                "status": "stalled" if stalled else "ok",
+                "ready": model.ready.is_set() and not stalled,
+                "broker_reachable": reachable,
+                "stream": stream,
                 "read_model_lag": model.lag(),
                 "events_folded": model.events_folded(),
                 "requests": len(model.requests()),
@@ -128,8 +138,10 @@ class Api:
                 days = int(request.query["days"])
             except ValueError:
                 raise Problem(422, "invalid_parameter", {"days": "must be an integer"}) from None
-            if days < 0:
-                raise Problem(422, "invalid_parameter", {"days": "must be at least 0"})
+            if not 0 <= days <= MAX_DAYS:
+                raise Problem(
+                    422, "invalid_parameter", {"days": f"must be between 0 and {MAX_DAYS}"}
+                )
         rows = views.overdue(
             request.app[READ_MODEL].requests(),
             self.as_of(request),
@@ -182,6 +194,9 @@ class Api:
 
     async def alerts(self, request: web.Request) -> web.Response:
         rows = request.app[READ_MODEL].recent_alerts(self.settings.webhooks())
+        if "as_of" in request.query:  # only alerts raised by then
+            as_of = self.as_of(request)
+            rows = [r for r in rows if datetime.fromisoformat(r["raised_at"]) <= as_of]
         if "kind" in request.query:
             rows = [r for r in rows if r["kind"] == request.query["kind"]]
         columns = ["alert_id", "kind", "subject_id", "raised_at", "details", "deliveries"]
@@ -210,6 +225,10 @@ ABUSE_COLUMNS = [
 ]  # fmt: skip
 
 
+MAX_DAYS = 3650  # ten years: a threshold beyond it means nothing, and costs a walk
+EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+
+
 def parse_instant(raw: str, name: str) -> datetime:
     try:
         value = datetime.fromisoformat(raw)
@@ -217,7 +236,86 @@ def parse_instant(raw: str, name: str) -> datetime:
         raise Problem(422, "invalid_parameter", {name: "must be an RFC 3339 timestamp"}) from None
     if value.tzinfo is None:
         raise Problem(422, "invalid_parameter", {name: "must carry a UTC offset"})
+    try:
+        in_range = EARLIEST <= value < LATEST  # comparing converts to UTC, which may overflow
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise Problem(422, "invalid_parameter", {name: "must be between 1900 and 2999"})
     return value
+
+
+def _slug(reason: str) -> str:
+    return reason.lower().replace(" ", "_").replace("-", "_")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (unknown route, wrong method, body too large) as JSON too."""
+    try:
+        return await handler(request)
+    except Problem:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else None
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            detail = (
+                f"the body is over {request.app[MAX_BODY]} bytes; send the events in several "
+                "requests, or use `ledger publish` for a file of any size"
+            )
+        raise Problem(exc.status, _slug(exc.reason), detail) from None
+
+
+class _JsonErrorProtocol(web_protocol.RequestHandler):
+    """Errors found before a route runs (a malformed request line or header) as JSON."""
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs, checks nothing was sent
+        error = "internal_error" if status >= 500 else _slug(HTTPStatus(status).phrase)
+        detail = message if status < 500 else None
+        response = web.Response(
+            status=status,
+            body=orjson.dumps({"error": error, "detail": detail}),
+            content_type="application/json",
+        )
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # same state, JSON for parse errors
+        return server
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve `app` until SIGTERM or SIGINT."""
+    runner = _Runner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    print(f"ledger API on http://{host}:{port}", flush=True)  # noqa: T201
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def _auth(token: str | None) -> Middleware:
@@ -234,7 +332,10 @@ def _auth(token: str | None) -> Middleware:
 
 def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) -> web.Application:
     api = Api(settings, policy or load_policy(settings.policy_file))
-    app = web.Application(middlewares=[_auth(settings.api_token)])
+    app = web.Application(
+        middlewares=[_json_errors, _auth(settings.api_token)], client_max_size=MAX_BODY_BYTES
+    )
+    app[MAX_BODY] = MAX_BODY_BYTES
     app.router.add_get("/health", api.health)
     app.router.add_get("/pipeline", api.pipeline)
     app.router.add_get("/overdue", api.overdue)
@@ -249,10 +350,12 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
         model = ReadModel(settings, bootstrap)
         app[READ_MODEL] = model
         app[PUBLISHER] = await Publisher(settings, bootstrap).start()
-        task = asyncio.create_task(model.run())
+        app[STREAM] = StreamWatch(settings, bootstrap)
+        tasks = [asyncio.create_task(model.run()), asyncio.create_task(app[STREAM].run())]
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await app[PUBLISHER].stop()
 
     app.cleanup_ctx.append(lifecycle)
@@ -264,5 +367,4 @@ def main() -> None:
     if not settings.broker:
         raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
     app = build_app(settings, settings.broker)
-    print(f"ledger API on http://{settings.api_host}:{settings.api_port}", flush=True)  # noqa: T201
-    web.run_app(app, host=settings.api_host, port=settings.api_port, print=None)
+    asyncio.run(serve(app, settings.api_host, settings.api_port))

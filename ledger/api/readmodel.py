@@ -70,7 +70,6 @@ class ReadModel:
         self._targets: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
         self.ready = asyncio.Event()
-        self.broker_reachable = False
 
     # -- queries -------------------------------------------------------------------
     def requests(self) -> list[RequestState]:
@@ -128,7 +127,6 @@ class ReadModel:
             await consumer.seek_to_beginning(*partitions)
             self._positions = dict(await consumer.beginning_offsets(partitions))
             self._targets = dict(await consumer.end_offsets(partitions))
-            self.broker_reachable = True
             refreshed = asyncio.get_running_loop().time()
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=20_000)

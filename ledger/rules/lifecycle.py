@@ -71,7 +71,16 @@ class SubjectState:
 
     def judging(self, partition: int, offset: int) -> SubjectState:
         """This state, remembering that the inbox message at `offset` was judged."""
+        if self.already_judged(partition, offset):
+            return self
         return replace(self, judged={**self.judged, partition: offset})
+
+    def recording(self, fact: Fact) -> SubjectState:
+        """This state with `fact` recorded as admitted (no rule checked: it was admitted
+        before, and is read back from the ledger). Idempotent."""
+        if fact.event_id in self.event_ids:
+            return self
+        return replace(_advance(self, fact), event_ids=self.event_ids | {fact.event_id})
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
 
-from events import FieldError
+from events import MAX_MESSAGE_BYTES, FieldError
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +24,16 @@ class Provenance:
 def rejection_record(
     original: bytes, reasons: Sequence[FieldError], source: Provenance, rejected_at: str
 ) -> bytes:
-    """JSON with the reasons, the original bytes (base64, and as text when it is UTF-8)."""
+    """JSON with the reasons, the original bytes (base64, and as text when it is UTF-8).
+
+    A message over the size limit keeps only its first `MAX_MESSAGE_BYTES` (with its full
+    size and SHA-256): the whole of it could exceed what a topic takes, and a refusal that
+    cannot be written would stop the validator."""
+    size = len(original)
+    truncated = size > MAX_MESSAGE_BYTES
+    kept = original[:MAX_MESSAGE_BYTES] if truncated else original
     try:
-        text: str | None = original.decode("utf-8")
+        text: str | None = kept.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     return orjson.dumps(
@@ -37,7 +45,10 @@ def rejection_record(
                 "offset": source.offset,
                 "key": source.key.decode("utf-8", "replace") if source.key is not None else None,
             },
-            "original_base64": base64.b64encode(original).decode("ascii"),
+            "original_base64": base64.b64encode(kept).decode("ascii"),
             "original_text": text,
+            "original_bytes": size,
+            "original_truncated": truncated,
+            "original_sha256": hashlib.sha256(original).hexdigest(),
         }
     )

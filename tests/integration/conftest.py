@@ -60,13 +60,15 @@ class Workers:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, module: str = "workers") -> subprocess.Popen[bytes]:
+    def start(
+        self, module: str = "workers", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start `python -m <module>` (the stream workers, or `ledger.api`)."""
         assert self.settings.broker is not None
         log = (self.log_dir / f"{module}-{len(self.processes)}.log").open("wb")
         process = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", module],
-            env=worker_env(self.settings, self.settings.broker),
+            env={**worker_env(self.settings, self.settings.broker), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import orjson
 
@@ -51,4 +52,31 @@ def test_rejection_record_keeps_the_original_bytes_and_reasons() -> None:
     assert record["inbox"] == {"partition": 2, "offset": 41, "key": "REQ-1"}
     assert record["reasons"] == [
         {"code": "undecodable", "field": None, "message": "not UTF-8 JSON"}
+    ]
+
+
+def test_rejection_of_an_oversized_message_keeps_its_head_size_and_digest() -> None:
+    original = b"x" * (3 * 1024 * 1024)
+    record = orjson.loads(
+        rejection_record(
+            original,
+            [FieldError("too_large", None, "too big")],
+            Provenance(None, 0, 7),
+            "2026-03-01T00:00:00+00:00",
+        )
+    )
+    kept = base64.b64decode(record["original_base64"])
+    assert kept == original[: 64 * 1024]
+    assert record["original_truncated"] is True
+    assert record["original_bytes"] == len(original)
+    assert record["original_sha256"] == hashlib.sha256(original).hexdigest()
+    assert len(orjson.dumps(record)) < 200 * 1024  # fits any topic's default message limit
+
+
+def test_intake_parsing_of_a_poison_body_is_a_schema_error_not_a_crash() -> None:
+    parsed = parse_body(b'[{"type":{}}, {"type":[]}]')
+    assert not parsed.good
+    assert [(e.line, e.error.code, e.error.field) for e in parsed.errors] == [
+        (1, "schema", "type"),
+        (2, "schema", "type"),
     ]
