@@ -9,7 +9,10 @@ message by its inbox position, so nothing is judged twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +25,17 @@ from events.errors import FieldError
 from ledger.adapters.config import Settings
 from ledger.adapters.kafka import Outgoing, key_in_partition, partition_for
 from ledger.adapters.topics import Topics
-from ledger.rules.lifecycle import Fact, Refusal, SubjectState, admit
+from ledger.rules.lifecycle import (
+    Fact,
+    Held,
+    Refusal,
+    SubjectState,
+    admit,
+    expire,
+    hold,
+    may_hold,
+    release,
+)
 from ledger.rules.rejections import Provenance, rejection_record
 from workers.failpoints import failpoint
 from workers.runtime import Processor, Table, read_since, send_all, write_tables
@@ -49,6 +62,25 @@ def _provenance_of(record: Any) -> Provenance:
     return Provenance(
         key=headers.get(_KEY), partition=int(headers[_PARTITION]), offset=int(headers[_OFFSET])
     )
+
+
+def _held_headers(held: Held, subject: bytes) -> list[tuple[str, bytes]]:
+    headers = [(_PARTITION, str(held.partition).encode()), (_OFFSET, str(held.offset).encode())]
+    if held.key is not None:
+        headers.append((_KEY, held.key.encode()))
+    return [*headers, (_SUBJECT, subject)]
+
+
+def _text(key: bytes | None) -> str | None:
+    return None if key is None else key.decode(errors="replace")
+
+
+def _bytes(key: str | None) -> bytes | None:
+    return None if key is None else key.encode()
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def _reasons(exc: Exception) -> list[FieldError]:
@@ -102,6 +134,8 @@ class Validator:
         self.topics = Topics(settings.topic_prefix)
         self.subjects = subjects_table(settings)
         self.outputs: dict[TopicPartition, int] = {}  # lower bounds of the next verdicts
+        self.grace_s = settings.reorder_grace_s
+        self.holding: set[bytes] = set()  # subjects holding events, for the timer
         self.processors = [
             Processor("validator-screen", self.topics.inbox, self.screen),
             Processor(
@@ -130,27 +164,75 @@ class Validator:
         await send_all(self.producer, [self.screened(record) for record in batch])
 
     # -- admit: the lifecycle rules, against the subject's state ------------------------
-    def verdict(self, state: SubjectState, record: Any) -> tuple[SubjectState, Outgoing]:
+    def verdict(self, state: SubjectState, record: Any) -> tuple[SubjectState, list[Outgoing]]:
+        """The subject's next state and what to write: the event to the ledger (with any
+        held events it made admissible), a refusal, or a note that it is held."""
         source = _provenance_of(record)
-        headers = [*(record.headers or ()), (_SUBJECT, record.key)]
+        subject = record.key
+        headers = [*(record.headers or ()), (_SUBJECT, subject)]
         if dict(record.headers or ()).get(_REFUSED):
-            return state, Outgoing(self.topics.rejected, source.key, record.value, headers)
+            return state, [Outgoing(self.topics.rejected, source.key, record.value, headers)]
         try:
-            fact = Fact.of_validated_json(orjson.loads(record.value))
+            obj = orjson.loads(record.value)
+            fact = Fact.of_validated_json(obj)
             verdict: SubjectState | Refusal | Exception = admit(state, fact)
         except Exception as exc:  # noqa: BLE001 - every message gets a verdict
             verdict = exc
         if isinstance(verdict, SubjectState):
-            return verdict, Outgoing(
-                self.topics.events, fact.subject.encode(), record.value, headers
-            )
+            accepted = Outgoing(self.topics.events, fact.subject.encode(), record.value, headers)
+            return self.released(verdict, subject, [accepted])
+        if isinstance(verdict, Refusal) and self.grace_s > 0 and may_hold(state, verdict):
+            held = Held(
+                fact, _epoch(obj["occurred_at"]), record.value.decode(), _text(source.key),
+                source.partition, source.offset, time.time(), verdict.code,
+            )  # fmt: skip
+            return hold(state, held), [self.held_note(subject, held)]
         reasons = (
             [FieldError(verdict.code.value, None, verdict.message)]
             if isinstance(verdict, Refusal)
             else _reasons(verdict)
         )
         refusal = rejection_record(record.value, reasons, source, _now())
-        return state, Outgoing(self.topics.rejected, source.key, refusal, headers)
+        return state, [Outgoing(self.topics.rejected, source.key, refusal, headers)]
+
+    def released(
+        self, state: SubjectState, subject: bytes, out: list[Outgoing]
+    ) -> tuple[SubjectState, list[Outgoing]]:
+        """`state` after judging its held events again, and `out` with their verdicts."""
+        if not state.held:
+            return state, out
+        state, admitted, refused = release(state)
+        for held in admitted:
+            value = held.value.encode()
+            headers = _held_headers(held, subject)
+            out.append(Outgoing(self.topics.events, held.fact.subject.encode(), value, headers))
+            out.append(self.held_note(subject, held, done=True))
+        for held, refusal in refused:
+            out += self.refused(
+                subject, held, FieldError(refusal.code.value, None, refusal.message)
+            )
+        return state, out
+
+    def refused(self, subject: bytes, held: Held, reason: FieldError) -> list[Outgoing]:
+        source = Provenance(_bytes(held.key), held.partition, held.offset)
+        record = rejection_record(held.value.encode(), [reason], source, _now())
+        rejected = Outgoing(self.topics.rejected, source.key, record, _held_headers(held, subject))
+        return [rejected, self.held_note(subject, held, done=True)]
+
+    def held_note(self, subject: bytes, held: Held, done: bool = False) -> Outgoing:
+        """A record of `ledger.held` (for `GET /held`): the held event, or a tombstone."""
+        key = f"{held.partition}:{held.offset}".encode()
+        if done:
+            return Outgoing(self.topics.held, key, None)
+        note = {
+            "subject": subject.decode(errors="replace"),
+            "event_id": held.fact.event_id,
+            "type": held.fact.type,
+            "reason": held.reason.value,
+            "inbox": {"partition": held.partition, "offset": held.offset, "key": held.key},
+            "held_since": datetime.fromtimestamp(held.since, UTC).isoformat(),
+        }
+        return Outgoing(self.topics.held, key, orjson.dumps(note))
 
     async def admit_batch(self, batch: list[Any]) -> None:
         touched: dict[bytes, SubjectState] = {}
@@ -161,14 +243,54 @@ class Validator:
             source = _provenance_of(record)
             if state.already_judged(source.partition, source.offset):
                 continue  # a redelivery after a restart or rebalance: judged before
-            state, output = self.verdict(state, record)
+            state, outputs = self.verdict(state, record)
             touched[key] = state.judging(source.partition, source.offset)
-            out.append(output)
+            out += outputs
+        await self.write(touched, out)
+
+    async def write(self, states: dict[bytes, SubjectState], out: list[Outgoing]) -> None:
         # verdicts are acknowledged before the state records them; a crash in between is
         # repaired on the next assignment by `complete_from_output`
         self.advance(await send_all(self.producer, out))
         failpoint("admit:verdicts-sent")
-        await write_tables(self.producer, [(self.subjects, {**touched, **self.marks()})])
+        await write_tables(self.producer, [(self.subjects, {**states, **self.marks()})])
+        for key, state in states.items():
+            if state.held:
+                self.holding.add(key)
+            else:
+                self.holding.discard(key)
+
+    # -- the grace period's end: a timer, not only the next event of the subject ---------
+    async def expire_held(self, stop: asyncio.Event) -> None:
+        """Refuse the events held longer than the grace period, every second or so."""
+        every = max(0.2, min(1.0, self.grace_s / 4)) if self.grace_s > 0 else 1.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if self.holding and not stop.is_set():
+                async with self.processors[1].lock:
+                    await self.expire_due(time.time())
+
+    async def expire_due(self, now: float) -> None:
+        states: dict[bytes, SubjectState] = {}
+        out: list[Outgoing] = []
+        for key in list(self.holding):
+            state = self.subjects.get(key)
+            if not isinstance(state, SubjectState):  # its partition was revoked
+                self.holding.discard(key)
+                continue
+            state, expired = expire(state, now, self.grace_s)
+            for held in expired:
+                waited = round(now - held.since)
+                message = (
+                    f"{held.reason.value}: held {waited} s for an earlier event of its subject"
+                )
+                reason = FieldError(held.reason.value, None, message)
+                out += self.refused(key, held, reason)
+            if expired:
+                states[key] = state
+        if states:
+            await self.write(states, out)
 
     # -- completing a recovered state from what was already written --------------------
     def advance(self, acked: list[Any]) -> None:
@@ -210,7 +332,8 @@ class Validator:
             state = completed.get(key) or self.subjects.get(key) or SubjectState()
             if record.topic == self.topics.events:
                 state = state.recording(Fact.of_validated_json(orjson.loads(record.value)))
-            completed[key] = state.judging(int(headers[_PARTITION]), int(headers[_OFFSET]))
+            position = int(headers[_PARTITION]), int(headers[_OFFSET])
+            completed[key] = state.judging(*position).without_held(*position)
         for tp, end in ends.items():
             self.outputs[tp] = max(self.outputs.get(tp, 0), end)
         if completed:
@@ -218,7 +341,3 @@ class Validator:
         await write_tables(
             self.producer, [(self.subjects, {**completed, **self.marks(partitions)})]
         )
-
-
-def validator(settings: Settings, bootstrap: str, producer: AIOKafkaProducer) -> list[Processor]:
-    return Validator(settings, bootstrap, producer).processors

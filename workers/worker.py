@@ -16,7 +16,7 @@ from ledger.adapters.kafka import ensure_ledger_topics, ensure_topics
 from workers.dispatcher import Dispatcher
 from workers.projector import Projector
 from workers.runtime import Processor
-from workers.validator import validator
+from workers.validator import Validator
 
 log = logging.getLogger("ledger.worker")
 
@@ -36,10 +36,8 @@ async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) ->
     await producer.start()
     try:
         projector = Projector(settings, producer)
-        processors: list[Processor] = [
-            *validator(settings, bootstrap, producer),
-            projector.processor,
-        ]
+        validator = Validator(settings, bootstrap, producer)
+        processors: list[Processor] = [*validator.processors, projector.processor]
         tables = [t for p in processors for t in p.tables]
         await ensure_topics(
             bootstrap,
@@ -50,6 +48,7 @@ async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) ->
         )
         tasks = [asyncio.create_task(p.run(settings, bootstrap, stop)) for p in processors]
         tasks.append(asyncio.create_task(projector.run_timer(stop)))
+        tasks.append(asyncio.create_task(validator.expire_held(stop)))
         dispatchers = [
             asyncio.create_task(Dispatcher(settings, bootstrap, url).run(stop))
             for url in settings.webhooks()

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # Tansu delays a new group's first join by half the session timeout: keep it short.
     session_timeout_s: float = Field(8.0, gt=0)
     batch_size: int = Field(2000, ge=1)
+    # an event that overtook its predecessor is held this long before it is refused (0: never)
+    reorder_grace_s: float = Field(300.0, ge=0, le=86400)
     # /health calls a stage stalled when records wait and its offsets have not moved for this
     stall_after_s: float = Field(60.0, gt=0)
     # SASL/TLS pass-through for a real cluster.

@@ -89,6 +89,7 @@ class Outgoing(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None  # None: the default partitioner's choice for the key
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -132,7 +133,10 @@ def seal_phases(
     every (topic, partition)."""
     slots: dict[tuple[str, int], list[int]] = {}
     for index, message in enumerate(messages):
-        slot = (message.topic, partition_for(message.key, partitions[message.topic]))
+        partition = message.partition
+        if partition is None:
+            partition = partition_for(message.key, partitions[message.topic])
+        slot = (message.topic, partition)
         slots.setdefault(slot, []).append(index)
     first = {slot: indexes[:-1] for slot, indexes in slots.items() if len(indexes) > 1}
     return first, {slot: indexes[-1:] for slot, indexes in slots.items()}

@@ -40,6 +40,12 @@ class Topics:
         """Internal: screened inbox messages re-keyed by their own request or customer."""
         return f"{self.prefix}ledger.validator-by-subject"
 
+    @property
+    def held(self) -> str:
+        """Events held for an earlier event of their subject, keyed by inbox position;
+        a null value once judged (an addition to section 2, for `GET /held`)."""
+        return f"{self.prefix}ledger.held"
+
     def retention_ms(self) -> dict[str, int]:
         """Every topic the ledger owns, with its retention (explicit: Tansu needs one)."""
         return {
@@ -49,4 +55,5 @@ class Topics:
             self.rejected: 30 * DAY_MS,
             self.alerts: FOREVER,
             self.deliveries: 30 * DAY_MS,
+            self.held: 7 * DAY_MS,
         }

@@ -111,6 +111,7 @@ class Api:
                 "stream": stream,
                 "read_model_lag": model.lag(),
                 "events_folded": model.events_folded(),
+                "held": len(model.held),
                 "requests": len(model.requests()),
                 "customers": len(model.customers()),
             }
@@ -202,6 +203,29 @@ class Api:
         columns = ["alert_id", "kind", "subject_id", "raised_at", "details", "deliveries"]
         return _listing(request, rows, columns)
 
+    async def held(self, request: web.Request) -> web.Response:
+        """Events held for an earlier event of their subject, oldest first, with their age."""
+        now = self.now()
+        rows = []
+        for note in request.app[READ_MODEL].held.values():
+            since = datetime.fromisoformat(note["held_since"])
+            inbox = note["inbox"]
+            rows.append(
+                {
+                    "subject": note["subject"],
+                    "type": note["type"],
+                    "event_id": note["event_id"],
+                    "reason": note["reason"],
+                    "inbox_partition": inbox["partition"],
+                    "inbox_offset": inbox["offset"],
+                    "inbox_key": inbox["key"],
+                    "held_since": note["held_since"],
+                    "age_s": round(max(0.0, (now - since).total_seconds()), 1),
+                }
+            )
+        rows.sort(key=lambda r: (r["held_since"], r["inbox_partition"], r["inbox_offset"]))
+        return _listing(request, rows, HELD_COLUMNS)
+
     async def post_events(self, request: web.Request) -> web.Response:
         body = await request.read()
         parsed = parse_body(body)
@@ -217,6 +241,10 @@ class Api:
 PIPELINE_COLUMNS = [
     "request_id", "kind", "title", "owner", "stage", "opened_at", "age_days",
     "business_age_days", "latest_adjusted_score", "recommendation",
+]  # fmt: skip
+HELD_COLUMNS = [
+    "subject", "type", "event_id", "reason", "inbox_partition", "inbox_offset", "inbox_key",
+    "held_since", "age_s",
 ]  # fmt: skip
 OVERDUE_COLUMNS = ["request_id", "reason", "owner", "title", "overdue_since", "days_overdue"]
 ABUSE_COLUMNS = [
@@ -344,6 +372,7 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
     app.router.add_get("/requests/{request_id}", api.request_)
     app.router.add_get("/metrics/decisions", api.metrics)
     app.router.add_get("/alerts", api.alerts)
+    app.router.add_get("/held", api.held)
     app.router.add_post("/events", api.post_events)
 
     async def lifecycle(app: web.Application) -> Any:

@@ -64,6 +64,7 @@ class ReadModel:
         }
         self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by alert_id, oldest first
         self.deliveries: dict[str, dict[str, dict[str, Any]]] = {}  # alert_id -> url -> record
+        self.held: dict[bytes, dict[str, Any]] = {}  # inbox position -> the held event
         self._settings = settings
         self._bootstrap = bootstrap
         self._consumer: AIOKafkaConsumer | None = None
@@ -147,6 +148,7 @@ class ReadModel:
         """Every partition of the changelogs and alerts, once they exist."""
         names = [
             self.requests_topic, self.customers_topic, self.topics.alerts, self.topics.deliveries,
+            self.topics.held,
         ]  # fmt: skip
         while True:
             await consumer._client.force_metadata_update()
@@ -159,6 +161,16 @@ class ReadModel:
         return all(self._positions.get(tp, 0) >= end for tp, end in self._targets.items())
 
     def _apply(self, topic: str, records: list[Any]) -> None:
+        if topic == self.topics.held:
+            for record in records:
+                if record.key is None:
+                    continue
+                if record.value is None:
+                    self.held.pop(record.key, None)
+                    continue
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    self.held[record.key] = orjson.loads(record.value)
+            return
         if topic == self.topics.deliveries:
             for record in records:
                 with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):

@@ -192,5 +192,11 @@ def query_alerts(json_: Json = False, csv_: Csv = False) -> None:
     _ask("alerts", "/alerts", {}, json_, csv_)
 
 
+@query_app.command("held")
+def query_held(json_: Json = False, csv_: Csv = False) -> None:
+    """Events held for an earlier event of their subject, oldest first."""
+    _ask("held", "/held", {}, json_, csv_)
+
+
 def main() -> None:
     app()

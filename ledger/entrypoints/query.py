@@ -99,6 +99,7 @@ TERMINAL_COLUMNS = {
         "reasons",
     ],
     "alerts": ["raised_at", "kind", "subject_id", "delivery"],
+    "held": ["subject", "type", "reason", "inbox_partition", "inbox_offset", "age_s"],
     "timeline": ["occurred_at", "type", "actor", "summary"],
     "escalations": ["occurred_at", "partner_id", "kind", "severity", "summary"],
 }

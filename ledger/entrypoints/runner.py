@@ -43,6 +43,7 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         LEDGER_ALERT_RETRY_CAP_S=str(settings.alert_retry_cap_s),
         LEDGER_ALERT_TIMEOUT_S=str(settings.alert_timeout_s),
         LEDGER_STALL_AFTER_S=str(settings.stall_after_s),
+        LEDGER_REORDER_GRACE_S=str(settings.reorder_grace_s),
     )
     for name, value in (
         ("LEDGER_CLOCK", settings.clock),

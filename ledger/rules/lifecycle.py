@@ -28,6 +28,19 @@ class Violation(StrEnum):
     REVISIT_OF_UNDECIDED_REQUEST = "revisit_of_undecided_request"
 
 
+# Refusals that can stop holding once an earlier event of the subject arrives: an event
+# that overtook its predecessor (a CRM publishing unkeyed) is held, not refused, for a
+# grace period.
+PREMATURE = frozenset(
+    {
+        Violation.UNKNOWN_REQUEST,
+        Violation.REVISIT_OF_UNDECIDED_REQUEST,
+        Violation.SCALED_WITHOUT_PROVISIONAL_YES,
+    }
+)
+MAX_HELD = 200  # per subject: past it, a premature event is refused at once
+
+
 @dataclass(frozen=True, slots=True)
 class Fact:
     """What the lifecycle needs to know of one event."""
@@ -54,6 +67,42 @@ class Fact:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """An event waiting for an earlier event of its subject, with where it came from."""
+
+    fact: Fact
+    occurred: float  # its occurred_at, as epoch seconds (held events are retried in order)
+    value: str  # the event's JSON as sent, to record it as it is once admissible
+    key: str | None  # inbox key, partition and offset
+    partition: int
+    offset: int
+    since: float  # epoch seconds when it was first held
+    reason: Violation
+
+    def order(self) -> tuple[float, str]:
+        return (self.occurred, self.fact.event_id)
+
+    def to_json(self) -> dict[str, Any]:
+        fact = self.fact
+        return {
+            "fact": [fact.event_id, fact.type, fact.subject, fact.outcome],
+            "occurred": self.occurred,
+            "value": self.value,
+            "inbox": [self.key, self.partition, self.offset],
+            "since": self.since,
+            "reason": self.reason.value,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Held:
+        key, partition, offset = obj["inbox"]
+        return cls(
+            Fact(*obj["fact"]), obj["occurred"], obj["value"], key, partition, offset,
+            obj["since"], Violation(obj["reason"]),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class SubjectState:
     """A request's (or customer's) lifecycle so far, every event id it has recorded, and
     the last inbox offset judged per inbox partition (to tell a redelivery from a new
@@ -63,6 +112,7 @@ class SubjectState:
     had_provisional_yes: bool = False
     event_ids: frozenset[str] = field(default_factory=frozenset)
     judged: Mapping[int, int] = field(default_factory=dict)
+    held: tuple[Held, ...] = ()
 
     def already_judged(self, partition: int, offset: int) -> bool:
         """Whether this inbox message (by position) was accepted or refused before."""
@@ -88,6 +138,7 @@ class SubjectState:
             "had_provisional_yes": self.had_provisional_yes,
             "event_ids": sorted(self.event_ids),
             "judged": {str(p): o for p, o in self.judged.items()},
+            **({"held": [h.to_json() for h in self.held]} if self.held else {}),
         }
 
     @classmethod
@@ -95,7 +146,15 @@ class SubjectState:
         if not obj:
             return cls()
         judged = {int(p): int(o) for p, o in obj.get("judged", {}).items()}
-        return cls(obj["status"], obj["had_provisional_yes"], frozenset(obj["event_ids"]), judged)
+        held = tuple(Held.from_json(h) for h in obj.get("held", ()))
+        return cls(
+            obj["status"], obj["had_provisional_yes"], frozenset(obj["event_ids"]), judged, held
+        )
+
+    def without_held(self, partition: int, offset: int) -> SubjectState:
+        """This state, no longer holding the inbox message at that position."""
+        kept = tuple(h for h in self.held if (h.partition, h.offset) != (partition, offset))
+        return self if len(kept) == len(self.held) else replace(self, held=kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +213,48 @@ def _advance(state: SubjectState, fact: Fact) -> SubjectState:
             had_provisional_yes=state.had_provisional_yes or fact.outcome == "provisional_yes",
         )
     return state
+
+
+def may_hold(state: SubjectState, refusal: Refusal) -> bool:
+    """Whether a refused event should rather wait for its predecessor."""
+    return refusal.code in PREMATURE and len(state.held) < MAX_HELD
+
+
+def hold(state: SubjectState, held: Held) -> SubjectState:
+    """`state`, holding `held` until an earlier event of its subject arrives."""
+    return replace(state, held=(*state.held, held))
+
+
+Released = tuple[SubjectState, list[Held], list[tuple[Held, Refusal]]]
+
+
+def release(state: SubjectState) -> Released:
+    """Judge the held events again, oldest `occurred_at` first, until none moves: (the
+    new state, the events now admitted in order, those now refused for good)."""
+    admitted: list[Held] = []
+    refused: list[tuple[Held, Refusal]] = []
+    moved = True
+    while moved and state.held:
+        moved = False
+        for held in sorted(state.held, key=Held.order):
+            rest = tuple(h for h in state.held if h is not held)
+            verdict = admit(state, held.fact)
+            if isinstance(verdict, SubjectState):
+                state = replace(verdict, held=rest)
+                admitted.append(held)
+            elif verdict.code not in PREMATURE:
+                state = replace(state, held=rest)
+                refused.append((held, verdict))
+            else:
+                continue
+            moved = True
+            break
+    return state, admitted, refused
+
+
+def expire(state: SubjectState, now: float, grace_s: float) -> tuple[SubjectState, list[Held]]:
+    """Stop holding the events held for longer than `grace_s`: (new state, the expired)."""
+    expired = [h for h in state.held if now - h.since >= grace_s]
+    if not expired:
+        return state, []
+    return replace(state, held=tuple(h for h in state.held if h not in expired)), expired
