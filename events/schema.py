@@ -15,6 +15,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -47,10 +48,17 @@ Summary = Annotated[str, StringConstraints(max_length=2000)]
 Scope = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
 Metric = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 FlagText = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-Dimension = Annotated[int, AfterValidator(_between(0, 5))]
-Severity = Annotated[int, AfterValidator(_between(1, 5))]
-Percent = Annotated[float, AfterValidator(_between(0, 100))]
-Multiplier = Annotated[float, AfterValidator(_between(0.5, 1.2))]
+
+
+def _bounds(lo: float, hi: float) -> Any:
+    """The range in the JSON Schema too (the check itself words its own error)."""
+    return Field(json_schema_extra={"minimum": lo, "maximum": hi})
+
+
+Dimension = Annotated[int, AfterValidator(_between(0, 5)), _bounds(0, 5)]
+Severity = Annotated[int, AfterValidator(_between(1, 5)), _bounds(1, 5)]
+Percent = Annotated[float, AfterValidator(_between(0, 100)), _bounds(0, 100)]
+Multiplier = Annotated[float, AfterValidator(_between(0.5, 1.2)), _bounds(0.5, 1.2)]
 
 
 def _stdlib_offset(value: datetime) -> datetime:
@@ -60,9 +68,26 @@ def _stdlib_offset(value: datetime) -> datetime:
     return value if offset is None else value.replace(tzinfo=timezone(offset))
 
 
-Timestamp = Annotated[AwareDatetime, Field(strict=False), AfterValidator(_stdlib_offset)]
+def _text_only(kind: str) -> Callable[[Any], Any]:
+    """JSON gives instants and days as strings (RFC 3339); a number is not one, though
+    pydantic's lax mode would read it as seconds since 1970."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, int | float):
+            raise PydanticCustomError(f"{kind}_type", "must be an RFC 3339 string")
+        return value
+
+    return check
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    Field(strict=False),
+    BeforeValidator(_text_only("datetime")),
+    AfterValidator(_stdlib_offset),
+]
 Instant = Annotated[datetime, AfterValidator(_stdlib_offset)]  # for read-model states
-Day = Annotated[date, Field(strict=False)]
+Day = Annotated[date, Field(strict=False), BeforeValidator(_text_only("date"))]
 
 RequestKind = Literal["partner_proposal", "customer_demand", "vendor_support"]
 Ask = Literal[
@@ -106,7 +131,23 @@ def _required_for(field: str, outcome: str) -> PydanticCustomError:
     )
 
 
+def _when(field: str, values: list[str], then: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema for a cross-field rule: when `field` is one of `values`, `then` holds."""
+    return {"if": {"properties": {field: {"enum": values}}, "required": [field]}, "then": then}
+
+
+def _present(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": [field], "properties": {field: schema}}
+
+
 class IntakeData(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _when("kind", ["customer_demand"], _present("customer_id", {"type": "string"}))
+            ]
+        }
+    )
     request_id: Id
     kind: RequestKind
     title: Title
@@ -160,6 +201,23 @@ class Pilot(_Strict):
 
 
 class DecisionData(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _when("outcome", ["conditional_no"], _present("checklist", {"type": "array"})),
+                _when(
+                    "outcome",
+                    ["conditional_no", "hold"],
+                    _present("revisit_on", {"type": "string"}),
+                ),
+                _when("outcome", ["provisional_yes"], _present("pilot", {"type": "object"})),
+                {
+                    "if": {"not": {"properties": {"outcome": {"const": "decline"}}}},
+                    "then": {"properties": {"redirect": {"type": "null"}}},
+                },
+            ]
+        }
+    )
     request_id: Id
     outcome: Outcome
     rationale: Rationale

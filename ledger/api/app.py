@@ -23,6 +23,16 @@ from aiohttp.typedefs import Middleware
 
 from ledger.adapters.config import Settings
 from ledger.adapters.publisher import Publisher
+from ledger.api.openapi import (
+    BOOLEANS,
+    EARLIEST,
+    FORMATS,
+    LATEST,
+    MAX_BODY_BYTES,
+    MAX_DAYS,
+    STAGES,
+    document,
+)
 from ledger.api.readmodel import ReadModel
 from ledger.api.stream import StreamWatch
 from ledger.rules.intake import parse_body
@@ -33,17 +43,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_MODEL: web.AppKey[ReadModel] = web.AppKey("read_model", ReadModel)
 STREAM: web.AppKey[StreamWatch] = web.AppKey("stream", StreamWatch)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
-MAX_BODY_BYTES = 1024 * 1024  # POST /events: about 2,000 typical events per request
 PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher", Publisher)
 
 
 class Problem(web.HTTPException):
     """An error answered as JSON: {"error": ..., "detail": ...}."""
 
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+    def __init__(
+        self, status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         self.status_code = status
         body = orjson.dumps({"error": error, "detail": detail})
-        super().__init__(body=body, content_type="application/json")
+        super().__init__(body=body, content_type="application/json", headers=headers)
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
@@ -70,7 +81,7 @@ def to_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
 def _wants_csv(request: web.Request) -> bool:
     fmt = request.query.get("format")
     if fmt is not None:
-        if fmt not in ("json", "csv"):
+        if fmt not in FORMATS:
             raise Problem(422, "invalid_parameter", {"format": "must be json or csv"})
         return fmt == "csv"
     return "text/csv" in request.headers.get("Accept", "")
@@ -120,7 +131,7 @@ class Api:
     async def pipeline(self, request: web.Request) -> web.Response:
         q = request.query
         stage = q.get("stage")
-        if stage is not None and stage not in ("intake", "scored"):
+        if stage is not None and stage not in STAGES:
             raise Problem(422, "invalid_parameter", {"stage": "must be intake or scored"})
         rows = views.pipeline(
             request.app[READ_MODEL].requests(),
@@ -156,7 +167,7 @@ class Api:
         raw = request.query.get("flagged")
         flagged = None
         if raw is not None:
-            if raw not in ("true", "false"):
+            if raw not in BOOLEANS:
                 raise Problem(422, "invalid_parameter", {"flagged": "must be true or false"})
             flagged = raw == "true"
         model = request.app[READ_MODEL]
@@ -205,7 +216,7 @@ class Api:
 
     async def held(self, request: web.Request) -> web.Response:
         """Events held for an earlier event of their subject, oldest first, with their age."""
-        now = self.now()
+        now = self.as_of(request)
         rows = []
         for note in request.app[READ_MODEL].held.values():
             since = datetime.fromisoformat(note["held_since"])
@@ -253,10 +264,6 @@ ABUSE_COLUMNS = [
 ]  # fmt: skip
 
 
-MAX_DAYS = 3650  # ten years: a threshold beyond it means nothing, and costs a walk
-EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
-
-
 def parse_instant(raw: str, name: str) -> datetime:
     try:
         value = datetime.fromisoformat(raw)
@@ -293,7 +300,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
                 f"the body is over {request.app[MAX_BODY]} bytes; send the events in several "
                 "requests, or use `ledger publish` for a file of any size"
             )
-        raise Problem(exc.status, _slug(exc.reason), detail) from None
+        kept = {h: exc.headers[h] for h in ("Allow", "Retry-After") if h in exc.headers}
+        raise Problem(exc.status, _slug(exc.reason), detail, kept) from None
 
 
 class _JsonErrorProtocol(web_protocol.RequestHandler):
@@ -346,10 +354,13 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         await runner.cleanup()
 
 
+OPEN_PATHS = ("/health", "/openapi.json")  # answered without the bearer token
+
+
 def _auth(token: str | None) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path != "/health":
+        if token and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 raise Problem(401, "unauthorized", "a valid bearer token is required")
@@ -373,6 +384,12 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
     app.router.add_get("/metrics/decisions", api.metrics)
     app.router.add_get("/alerts", api.alerts)
     app.router.add_get("/held", api.held)
+    described = orjson.dumps(document())
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=described, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/events", api.post_events)
 
     async def lifecycle(app: web.Application) -> Any:

@@ -34,6 +34,7 @@ from ledger.rules.policy import load_policy
 from projections.alerts import alerts_of_log
 
 DEMO_CLOCK = datetime(2026, 6, 30, 9, 0, tzinfo=UTC)
+DEMO_GRACE_S = 3.0
 
 
 def sample_lines() -> list[bytes]:
@@ -108,6 +109,9 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
             "broker": None,
             "clock": settings.clock or DEMO_CLOCK.isoformat(),
             "alert_interval": min(settings.alert_interval, 2.0),
+            # the sample's events are published in order, keyed by subject: an event whose
+            # predecessor is missing will not get one, so it is not held for long
+            "reorder_grace_s": min(settings.reorder_grace_s, DEMO_GRACE_S),
             "api_port": port,
             "api_url": f"http://{settings.api_host}:{port}",
         }
@@ -116,7 +120,8 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
     with running_ledger(settings, quiet=True) as running:
         console.print(
             f"embedded broker on {running.bootstrap}; workers and API starting "
-            f"(logs in {settings.data_dir})"
+            f"(logs in {settings.data_dir}); events with a missing predecessor are held "
+            f"{settings.reorder_grace_s:g} s before they are refused"
         )
         started = time.monotonic()
 

@@ -201,3 +201,24 @@ def test_an_unhashable_type_is_a_schema_error_naming_the_field() -> None:
             assert [(e.code, e.field) for e in exc.errors] == [("schema", "type")]
         else:
             raise AssertionError(f"{raw!r} was accepted")
+
+
+def test_a_number_is_not_an_instant_or_a_day() -> None:
+    base = {
+        "event_id": "e3e70682-c209-1cac-a29f-6fbed82c07cd",
+        "type": "revisit",
+        "schema_version": 1,
+        "occurred_at": "2026-03-02T09:00:00Z",
+        "source": "crm",
+        "data": {"request_id": "R1", "trigger": "scheduled"},
+    }
+    decode(orjson.dumps(base))  # the string form is fine
+    for field, value in (("occurred_at", 0), ("occurred_at", 1.7e9)):
+        try:
+            decode(orjson.dumps({**base, field: value}))
+        except InvalidEvent as exc:
+            assert [(e.field, e.message) for e in exc.errors] == [
+                ("occurred_at", "must be an RFC 3339 timestamp")
+            ]
+        else:
+            raise AssertionError(f"{field}={value!r} was accepted")
