@@ -45,6 +45,7 @@ async def run_worker(settings: Settings, bootstrap: str, stop: asyncio.Event) ->
             settings.partitions,
             settings.kafka_client_options(),
             extra_configs={"cleanup.policy": "compact"},
+            settings=settings,
         )
         tasks = [asyncio.create_task(p.run(settings, bootstrap, stop)) for p in processors]
         tasks.append(asyncio.create_task(projector.run_timer(stop)))

@@ -41,11 +41,25 @@ class EmbeddedBroker:
         self._log: IO[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BrokerError("the embedded broker is not running")
+        return self._process.pid
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.5):
+            raise BrokerError(
+                f"port {self.port} on {self.host} is taken by another program: "
+                "set LEDGER_EMBEDDED_PORT to a free port (0: any)"
+            )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}

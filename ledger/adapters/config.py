@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     alert_timeout_s: float = Field(10.0, gt=0)
     policy_file: Path | None = None
     data_dir: Path = Path(".ledger")
+    # the embedded broker's port, the same at every start so publishers keep their
+    # LEDGER_BROKER (0: any free port, and no durable copy: the demo's choice)
+    embedded_port: int = Field(19092, ge=0, le=65535)
+    # on Kafka: the replication of the topics the ledger creates (3 in production, with
+    # min.insync.replicas 2 and producers' acks=all; the embedded broker has one node)
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int | None = Field(None, ge=1)
     store: Literal["memory", "rocksdb"] = Field(
         "memory", description="table store of the workers; rocksdb needs `pip install rocksdict`"
     )

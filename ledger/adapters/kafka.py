@@ -28,8 +28,14 @@ async def ensure_topics(
     client_options: Mapping[str, object] | None = None,
     timeout: float = 30.0,
     extra_configs: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
 ) -> None:
-    """Create the missing topics, explicitly (never rely on auto-creation)."""
+    """Create the missing topics, explicitly (never rely on auto-creation), replicated
+    as `settings` says."""
+    replication = settings.replication_factor if settings is not None else 1
+    configs = dict(extra_configs or {})
+    if settings is not None and settings.min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(settings.min_insync_replicas)
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client_options or {}))
@@ -40,8 +46,8 @@ async def ensure_topics(
                 NewTopic(
                     name,
                     num_partitions=partitions,
-                    replication_factor=1,
-                    topic_configs={"retention.ms": str(ms), **(extra_configs or {})},
+                    replication_factor=replication,
+                    topic_configs={"retention.ms": str(ms), **configs},
                 )
                 for name, ms in retention_ms.items()
                 if name not in existing
@@ -70,7 +76,11 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
 async def ensure_ledger_topics(settings: Settings, bootstrap: str) -> Topics:
     topics = Topics(settings.topic_prefix)
     await ensure_topics(
-        bootstrap, topics.retention_ms(), settings.partitions, settings.kafka_client_options()
+        bootstrap,
+        topics.retention_ms(),
+        settings.partitions,
+        settings.kafka_client_options(),
+        settings=settings,
     )
     return topics
 
@@ -90,6 +100,7 @@ class Outgoing(NamedTuple):
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None  # None: the default partitioner's choice for the key
+    timestamp: int | None = None  # ms since the epoch; None: now
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -209,7 +220,7 @@ def _fill(
                 chunks.append((producer.create_batch(), []))
             batch, members = chunks[-1]
             appended = batch.append(
-                key=m.key, value=m.value, timestamp=None, headers=m.headers or []
+                key=m.key, value=m.value, timestamp=m.timestamp, headers=m.headers or []
             )
             if appended is not None:
                 members.append(index)

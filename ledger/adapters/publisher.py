@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+from itertools import islice
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
 from events import AnyEvent, subject_of
 from ledger.adapters.config import Settings
+from ledger.adapters.durable import JOURNAL_HEADER, DurableStore
 from ledger.adapters.kafka import Outgoing, ensure_ledger_topics, send_sealed
 from ledger.adapters.topics import Topics
+
+
+def batched(
+    items: Iterable[tuple[bytes | None, bytes]], size: int
+) -> Iterable[list[tuple[bytes | None, bytes]]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 class Publisher:
@@ -29,33 +40,49 @@ class Publisher:
             enable_idempotence=False,
             **settings.kafka_client_options(),
         )
+        self._journal: DurableStore | None = None
 
     async def start(self) -> Publisher:
         await ensure_ledger_topics(self.settings, self.bootstrap)
         await self._producer.start()
+        # Publishing to the embedded broker of `ledger up`: journal into its durable copy.
+        self._journal = DurableStore.of_broker(self.settings.data_dir, self.bootstrap)
         return self
 
     async def stop(self) -> None:
         await self._producer.stop()
+        if self._journal is not None:
+            self._journal.close()
+
+    @property
+    def journaled(self) -> bool:
+        """Whether publishes are journaled (fsynced) before they are sent."""
+        return self._journal is not None
 
     async def publish(self, events: Iterable[tuple[AnyEvent, bytes]]) -> int:
-        """Send validated events (with their bytes) to the inbox; return once all are acked."""
-        return await self.send_raw(
-            self.topics.inbox, ((subject_of(e).encode(), raw) for e, raw in events)
-        )
+        """Send validated events (with their bytes) to the inbox; return once all are acked.
+        With the embedded broker, journal them durably first: what is acknowledged here
+        survives even a SIGKILL of every process right after."""
+        messages = [(subject_of(e).encode(), raw) for e, raw in events]
+        return await self.send_raw(self.topics.inbox, messages, journal=self._journal)
 
-    async def send_raw(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+    async def send_raw(
+        self,
+        topic: str,
+        messages: Iterable[tuple[bytes | None, bytes]],
+        journal: DurableStore | None = None,
+    ) -> int:
         """Send key/value pairs as they are (tests use it to push garbage into the inbox),
-        sealed in chunks (see `ledger.adapters.kafka.send_sealed`), each chunk acknowledged."""
-        chunk: list[Outgoing] = []
+        sealed in chunks (see `ledger.adapters.kafka.send_sealed`), each chunk acknowledged
+        (and journaled first, if `journal` is given)."""
         sent = 0
-        for key, value in messages:
-            chunk.append(Outgoing(topic, key, value))
-            if len(chunk) >= 10_000:
-                sent += len(await send_sealed(self._producer, chunk))
-                chunk = []
-        if chunk:
-            sent += len(await send_sealed(self._producer, chunk))
+        for chunk in batched(messages, 10_000):
+            headers: list[list[tuple[str, bytes]] | None] = [None] * len(chunk)
+            if journal is not None:
+                seqs = await asyncio.to_thread(journal.journal, topic, chunk)
+                headers = [[(JOURNAL_HEADER, str(seq).encode())] for seq in seqs]
+            outgoing = [Outgoing(topic, k, v, h) for (k, v), h in zip(chunk, headers, strict=True)]
+            sent += len(await send_sealed(self._producer, outgoing))
         return sent
 
     async def __aenter__(self) -> Publisher:

@@ -88,9 +88,16 @@ class ReadModel:
         return state
 
     def recent_alerts(self, webhooks: list[str]) -> list[dict[str, Any]]:
-        """Alerts, newest first, each with its delivery status per webhook."""
+        """Alerts, newest first (by `raised_at`, then `alert_id`: the same order whatever
+        order the alert topic's partitions were read in), each with its delivery status
+        per webhook."""
         rows = []
-        for alert in reversed(self.alerts.values()):
+        newest_first = sorted(
+            self.alerts.values(),
+            key=lambda a: (str(a.get("raised_at", "")), str(a.get("alert_id", ""))),
+            reverse=True,
+        )
+        for alert in newest_first:
             recorded = self.deliveries.get(alert.get("alert_id", ""), {})
             urls = list(dict.fromkeys([*webhooks, *recorded]))
             status = {url: recorded.get(url, {"status": "pending", "webhook": url}) for url in urls}

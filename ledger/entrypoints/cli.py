@@ -69,6 +69,8 @@ def up() -> None:
     LEDGER_BROKER is unset) until Ctrl-C."""
     import time
 
+    from ledger.adapters.broker import BrokerError
+    from ledger.adapters.durable import RestoreError
     from ledger.entrypoints.runner import running_ledger
 
     settings = Settings()
@@ -77,15 +79,25 @@ def up() -> None:
         with running_ledger(settings) as running:
             where = "embedded Tansu" if running.broker else "LEDGER_BROKER"
             out.print(f"ledger up: broker {running.bootstrap} ({where})")
+            if running.restored is not None and running.restored.records:
+                r = running.restored
+                out.print(
+                    f"  restored from {settings.data_dir / 'ledger.db'}: {r.records} records, "
+                    f"{r.groups} consumer groups, {r.republished} journaled publishes "
+                    f"in {r.seconds:.1f} s"
+                )
             out.print(f"  API on http://{settings.api_host}:{settings.api_port}; Ctrl-C stops")
             if running.broker:
                 out.print(f"  publish: LEDGER_BROKER={running.bootstrap} ledger publish FILE")
-            while running.worker.poll() is None and running.api.poll() is None:
+            while running.all_alive():
                 time.sleep(0.5)
             err.print("[red]a ledger process exited[/]; stopping the others")
             raise typer.Exit(1)
     except KeyboardInterrupt:
         out.print("stopped")
+    except (BrokerError, RestoreError) as exc:
+        err.print(f"[red]ledger up: {exc}[/]")
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -107,6 +107,7 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
     settings = settings.model_copy(
         update={
             "broker": None,
+            "embedded_port": 0,  # a fresh, throwaway broker: the demo keeps nothing
             "clock": settings.clock or DEMO_CLOCK.isoformat(),
             "alert_interval": min(settings.alert_interval, 2.0),
             # the sample's events are published in order, keyed by subject: an event whose

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ledger.adapters.broker import EmbeddedBroker
+from ledger.adapters.broker import BrokerError, EmbeddedBroker
 from ledger.adapters.config import Settings
+from ledger.adapters.durable import DurableStore, Restored, restore
 
 
 @dataclass
@@ -21,6 +26,14 @@ class Running:
     api: subprocess.Popen[bytes]
     broker: EmbeddedBroker | None
     logs: list[Path] = field(default_factory=list)
+    restored: Restored | None = None  # what the durable copy gave back at the start
+    mirror: subprocess.Popen[bytes] | None = None  # keeps the durable copy
+
+    def all_alive(self) -> bool:
+        """Whether every process of the ledger still runs."""
+        processes = [self.worker, self.api] + ([self.mirror] if self.mirror else [])
+        broker_up = self.broker is None or self.broker.running()
+        return broker_up and all(p.poll() is None for p in processes)
 
 
 def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
@@ -44,11 +57,14 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         LEDGER_ALERT_TIMEOUT_S=str(settings.alert_timeout_s),
         LEDGER_STALL_AFTER_S=str(settings.stall_after_s),
         LEDGER_REORDER_GRACE_S=str(settings.reorder_grace_s),
+        LEDGER_EMBEDDED_PORT=str(settings.embedded_port),
+        LEDGER_REPLICATION_FACTOR=str(settings.replication_factor),
     )
     for name, value in (
         ("LEDGER_CLOCK", settings.clock),
         ("LEDGER_API_TOKEN", settings.api_token),
         ("LEDGER_POLICY_FILE", settings.policy_file),
+        ("LEDGER_MIN_INSYNC_REPLICAS", settings.min_insync_replicas),
     ):
         if value is not None:
             env[name] = str(value)
@@ -92,32 +108,133 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
             process.wait()
 
 
+PIDS_FILE = "running.json"
+STOP_ORDER = ("api", "worker", "mirror", "broker")  # readers and writers first, broker last
+
+
+def _alive(pid: int, marker: str) -> bool:
+    """Whether `pid` runs and its command line holds `marker` (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+MARKERS = {
+    "runner": "ledger",
+    "api": "ledger.api",
+    "worker": "-m workers",
+    "mirror": "workers.mirror",
+    "broker": "broker",
+}
+
+
+def stop_stale(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Stop what an earlier `ledger up` on `data_dir` left running (it was SIGKILLed: its
+    workers, API, mirror and broker live on), in the order of a graceful stop, so the
+    mirror's last sync saves what the old broker holds. Refuses if that `ledger up` is
+    itself still running. Returns the names stopped."""
+    data_dir = settings.data_dir
+    path = data_dir / PIDS_FILE
+    try:
+        pids: dict[str, int] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    runner = pids.get("runner")
+    if runner and runner != os.getpid() and _alive(runner, MARKERS["runner"]):
+        raise BrokerError(f"a ledger is already running on {data_dir} (pid {runner})")
+    stopped = []
+    for name in STOP_ORDER:
+        pid = pids.get(name)
+        if not pid or not _alive(pid, MARKERS[name]):
+            continue
+        if name == "broker":
+            _last_sync(settings)  # whatever the old broker holds that the copy lacks
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid, MARKERS[name]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid, MARKERS[name]):
+            os.kill(pid, signal.SIGKILL)
+        stopped.append(name)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def _last_sync(settings: Settings) -> None:
+    from workers.mirror import Mirror
+
+    store = DurableStore.in_dir(settings.data_dir)
+    bootstrap = store.get_meta("bootstrap")
+
+    async def sync() -> None:
+        if bootstrap is None:
+            return
+        mirror = await Mirror(settings, bootstrap, store).start()
+        try:
+            await asyncio.wait_for(mirror.sync(), 60)
+        finally:
+            await mirror.stop()
+
+    try:
+        asyncio.run(sync())
+    except Exception as exc:  # noqa: BLE001 - the copy stays as the mirror left it
+        print(f"ledger up: could not sync from the old broker: {exc!r}", file=sys.stderr)
+    finally:
+        store.close()
+
+
+def _write_pids(data_dir: Path, pids: dict[str, int]) -> None:
+    tmp = data_dir / (PIDS_FILE + ".tmp")
+    tmp.write_text(json.dumps(pids))
+    tmp.replace(data_dir / PIDS_FILE)
+
+
 @contextlib.contextmanager
 def running_ledger(settings: Settings, quiet: bool = False) -> Iterator[Running]:
     """Start broker (if needed), workers and API; stop them on exit, broker last.
 
-    With `quiet`, the processes' output goes to log files under the data directory.
+    The embedded broker on a fixed port (`LEDGER_EMBEDDED_PORT`, not 0) is durable: it is
+    restored from the copy under the data directory before anything else starts, and a
+    mirror process keeps that copy. With `quiet`, the processes' output goes to log
+    files under the data directory.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    broker = None
-    if settings.broker:
-        bootstrap = settings.broker
-    else:
-        broker = EmbeddedBroker(settings.data_dir / "tansu.log").start()
-        bootstrap = broker.bootstrap
-    worker_log = settings.data_dir / "worker.log" if quiet else None
-    api_log = settings.data_dir / "api.log" if quiet else None
-    try:
-        worker = start_worker(settings, bootstrap, worker_log)
-        try:
-            api = start_api(settings, bootstrap, api_log)
-            try:
-                logs = [p for p in (worker_log, api_log) if p is not None]
-                yield Running(bootstrap, worker, api, broker, logs)
-            finally:
-                stop_process(api)
-        finally:
-            stop_process(worker)
-    finally:
-        if broker is not None:
-            broker.stop()
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_of = {n: data_dir / f"{n}.log" if quiet else None for n in ("worker", "api", "mirror")}
+    with contextlib.ExitStack() as stack:
+        broker = None
+        restored = None
+        mirror = None
+        pids = {"runner": os.getpid()}
+        if settings.broker:
+            bootstrap = settings.broker
+        else:
+            durable = settings.embedded_port != 0
+            if durable:
+                stop_stale(settings)
+            broker = EmbeddedBroker(data_dir / "tansu.log", port=settings.embedded_port or None)
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap
+            pids["broker"] = broker.pid
+            if durable:
+                store = DurableStore.in_dir(data_dir)
+                try:
+                    restored = asyncio.run(restore(settings, bootstrap, store))
+                    store.set_meta("bootstrap", bootstrap)
+                finally:
+                    store.close()
+                mirror = start_module("workers.mirror", settings, bootstrap, log_of["mirror"])
+                stack.callback(stop_process, mirror)
+                pids["mirror"] = mirror.pid
+        worker = start_worker(settings, bootstrap, log_of["worker"])
+        stack.callback(stop_process, worker)
+        api = start_api(settings, bootstrap, log_of["api"])
+        stack.callback(stop_process, api)
+        pids.update(worker=worker.pid, api=api.pid)
+        _write_pids(data_dir, pids)
+        stack.callback((data_dir / PIDS_FILE).unlink, missing_ok=True)
+        logs = [p for p in log_of.values() if p is not None]
+        yield Running(bootstrap, worker, api, broker, logs, restored, mirror)
