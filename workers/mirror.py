@@ -1,5 +1,5 @@
 """The mirror: keeps the embedded ledger's durable copy (`ledger.adapters.durable`) in step
-with the broker, every `MIRROR_EVERY_S`, and once more when it is asked to stop.
+with the broker, every `LEDGER_MIRROR_INTERVAL_S`, and once more when it is asked to stop.
 
 Each sync reads the committed offsets of the ledger's consumer groups *first*, then every
 topic of the ledger up to its end, and saves both in one fsynced transaction. A processor
@@ -25,7 +25,6 @@ from ledger.adapters.config import Settings
 from ledger.adapters.durable import Copied, DurableStore
 
 log = logging.getLogger("ledger.mirror")
-MIRROR_EVERY_S = 0.2
 CHUNK = 50_000  # records per transaction while catching up
 SYNC_TIMEOUT_S = 30.0  # a sync that has not reached the ends by then saves what it read
 
@@ -132,7 +131,7 @@ async def run_mirror(
         if final:
             break
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), MIRROR_EVERY_S if not down else 2.0)
+            await asyncio.wait_for(stop.wait(), settings.mirror_interval_s if not down else 2.0)
         final = stop.is_set()
     if mirror is not None:
         await mirror.stop()

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     embedded_port: int = Field(19092, ge=0, le=65535)
     # on Kafka: the replication of the topics the ledger creates (3 in production, with
     # min.insync.replicas 2 and producers' acks=all; the embedded broker has one node)
+    # how often the embedded ledger's mirror brings its durable copy up to date: the
+    # longest a raw Kafka producer's acknowledged record can wait to be on disk
+    mirror_interval_s: float = Field(0.2, gt=0, le=60)
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int | None = Field(None, ge=1)
     store: Literal["memory", "rocksdb"] = Field(

@@ -58,6 +58,7 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         LEDGER_STALL_AFTER_S=str(settings.stall_after_s),
         LEDGER_REORDER_GRACE_S=str(settings.reorder_grace_s),
         LEDGER_EMBEDDED_PORT=str(settings.embedded_port),
+        LEDGER_MIRROR_INTERVAL_S=str(settings.mirror_interval_s),
         LEDGER_REPLICATION_FACTOR=str(settings.replication_factor),
     )
     for name, value in (
