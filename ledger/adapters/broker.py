@@ -33,9 +33,17 @@ def tansu_binary() -> str:
 class EmbeddedBroker:
     """Start, health-check and stop an in-memory Tansu; its output goes to `log_path`."""
 
-    def __init__(self, log_path: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        # clients are told to connect here (a proxy in front of it, in the outage tests)
+        self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -51,7 +59,7 @@ class EmbeddedBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.advertised_port}"
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
@@ -70,7 +78,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.host}:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     alert_timeout_s: float = Field(10.0, gt=0)
     policy_file: Path | None = None
     data_dir: Path = Path(".ledger")
+    # POST /events and `ledger publish` give up on an unreachable broker after this
+    publish_timeout_s: float = Field(10.0, gt=0, le=300)
     # the embedded broker's port, the same at every start so publishers keep their
     # LEDGER_BROKER (0: any free port, and no durable copy: the demo's choice)
     embedded_port: int = Field(19092, ge=0, le=65535)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from itertools import islice
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from events import AnyEvent, subject_of
 from ledger.adapters.config import Settings
@@ -24,12 +26,19 @@ def batched(
         yield chunk
 
 
+class BrokerUnreachable(RuntimeError):
+    """The broker did not answer within the publish timeout."""
+
+
 class Publisher:
     """Async producer for the ledger's inbox (or any of its topics)."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(
+        self, settings: Settings, bootstrap: str, connect_timeout: float | None = None
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
+        self.connect_timeout = connect_timeout or settings.publish_timeout_s
         self.topics = Topics(settings.topic_prefix)
         # No idempotent producer: Tansu does not implement InitProducerId.
         self._producer = AIOKafkaProducer(
@@ -43,11 +52,23 @@ class Publisher:
         self._journal: DurableStore | None = None
 
     async def start(self) -> Publisher:
-        await ensure_ledger_topics(self.settings, self.bootstrap)
-        await self._producer.start()
+        """Connect (topics created if missing); BrokerUnreachable after the timeout."""
+        try:
+            await asyncio.wait_for(self._connect(), self.connect_timeout)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            raise BrokerUnreachable(
+                f"the broker at {self.bootstrap} did not answer within "
+                f"{self.connect_timeout:g} s ({type(exc).__name__})"
+            ) from None
         # Publishing to the embedded broker of `ledger up`: journal into its durable copy.
         self._journal = DurableStore.of_broker(self.settings.data_dir, self.bootstrap)
         return self
+
+    async def _connect(self) -> None:
+        await ensure_ledger_topics(self.settings, self.bootstrap)
+        await self._producer.start()
 
     async def stop(self) -> None:
         await self._producer.stop()

@@ -20,8 +20,10 @@ from typing import Any
 import orjson
 from aiohttp import web, web_protocol
 from aiohttp.typedefs import Middleware
+from aiokafka.errors import KafkaError
 
 from ledger.adapters.config import Settings
+from ledger.adapters.logs import configure_logging
 from ledger.adapters.publisher import Publisher
 from ledger.api.openapi import (
     BOOLEANS,
@@ -43,6 +45,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_MODEL: web.AppKey[ReadModel] = web.AppKey("read_model", ReadModel)
 STREAM: web.AppKey[StreamWatch] = web.AppKey("stream", StreamWatch)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+RETRY_AFTER_S = 5  # what a 503 asks a client to wait before sending again
 PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher", Publisher)
 
 
@@ -112,11 +115,14 @@ class Api:
     async def health(self, request: web.Request) -> web.Response:
         model = request.app[READ_MODEL]
         stream = request.app[STREAM].report()
-        reachable = request.app[STREAM].broker_reachable
+        watch = request.app[STREAM]
+        reachable = watch.broker_reachable
         stalled = stream["status"] == "stalled"
+        down = watch.broker_unreachable()
+        status = "broker_unreachable" if down else "stalled" if stalled else "ok"
         return _json(
             {
-                "status": "stalled" if stalled else "ok",
+                "status": status,
                 "ready": model.ready.is_set() and not stalled,
                 "broker_reachable": reachable,
                 "stream": stream,
@@ -125,7 +131,10 @@ class Api:
                 "held": len(model.held),
                 "requests": len(model.requests()),
                 "customers": len(model.customers()),
-            }
+                "newest_data_age_s": model.newest_data_age_s(),
+            },
+            # a load balancer or probe sees at once that no event can be accepted now
+            status=503 if down else 200,
         )
 
     async def pipeline(self, request: web.Request) -> web.Response:
@@ -245,7 +254,31 @@ class Api:
             raise Problem(422, "invalid_events", errors)
         if not parsed.good:
             raise Problem(422, "invalid_events", [{"item": None, "message": "no events"}])
-        await request.app[PUBLISHER].publish(parsed.good)
+        watch = request.app[STREAM]
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        if watch.broker_unreachable():  # known down: fail at once, nothing is sent
+            raise Problem(
+                503,
+                "broker_unreachable",
+                f"the broker at {watch.bootstrap} does not answer (last checked "
+                f"{watch.since_checked():.0f} s ago); nothing was published: send the same "
+                "events again later",
+                headers=retry,
+            )
+        try:
+            await asyncio.wait_for(
+                request.app[PUBLISHER].publish(parsed.good), self.settings.publish_timeout_s
+            )
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise Problem(
+                503,
+                "broker_unreachable",
+                f"the broker at {watch.bootstrap} did not acknowledge within "
+                f"{self.settings.publish_timeout_s:g} s ({type(exc).__name__}); some of the "
+                "events may have been recorded: send the same events again (their event_id "
+                "makes a repeat harmless)",
+                headers=retry,
+            ) from None
         return _json({"accepted": [str(e.event_id) for e, _ in parsed.good]}, status=202)
 
 
@@ -395,7 +428,8 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
     async def lifecycle(app: web.Application) -> Any:
         model = ReadModel(settings, bootstrap)
         app[READ_MODEL] = model
-        app[PUBLISHER] = await Publisher(settings, bootstrap).start()
+        # at start-up the broker may still be coming up: wait longer than a request does
+        app[PUBLISHER] = await Publisher(settings, bootstrap, connect_timeout=60).start()
         app[STREAM] = StreamWatch(settings, bootstrap)
         tasks = [asyncio.create_task(model.run()), asyncio.create_task(app[STREAM].run())]
         yield
@@ -412,5 +446,6 @@ def main() -> None:
     settings = Settings()
     if not settings.broker:
         raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
+    configure_logging()
     app = build_app(settings, settings.broker)
     asyncio.run(serve(app, settings.api_host, settings.api_port))

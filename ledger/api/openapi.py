@@ -89,6 +89,7 @@ class Health(_Shape):
     held: int
     requests: int
     customers: int
+    newest_data_age_s: float | None
 
 
 class PipelineRow(_Shape):
@@ -282,6 +283,10 @@ def document() -> dict[str, Any]:
         paths[path] = {"get": operation}
     health = _get("always open: readiness, the stream, the broker", Health, csv=False)
     del health["responses"]["401"], health["responses"]["422"]
+    health["responses"]["503"] = {
+        "description": "the broker is unreachable: no event can be accepted now (same body)",
+        "content": _json(_ref(Health)),
+    }
     paths["/health"] = {"get": health}
     event_ref = {"$ref": "#/components/schemas/Event"}
     paths["/events"] = {
@@ -299,6 +304,15 @@ def document() -> dict[str, Any]:
                 "401": _problem("the bearer token is missing or wrong"),
                 "413": _problem(f"a body over {MAX_BODY_BYTES} bytes: send several requests"),
                 "422": _problem("an error per item and field; nothing was published"),
+                "503": {
+                    **_problem("the broker is unreachable or did not acknowledge in time"),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "seconds to wait before sending the same events",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
             },
         }
     }

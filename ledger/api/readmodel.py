@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -69,6 +70,7 @@ class ReadModel:
         self._bootstrap = bootstrap
         self._consumer: AIOKafkaConsumer | None = None
         self._targets: dict[TopicPartition, int] = {}
+        self._newest_ms: int | None = None
         self._positions: dict[TopicPartition, int] = {}
         self.ready = asyncio.Event()
 
@@ -110,6 +112,13 @@ class ReadModel:
             len(c.event_ids) for c in self.customers()
         )
 
+    def newest_data_age_s(self) -> float | None:
+        """Seconds since the newest record this copy holds was written (None: none yet):
+        during a broker outage it grows, so a reader can tell how stale the answers are."""
+        if self._newest_ms is None:
+            return None
+        return round(max(0.0, time.time() - self._newest_ms / 1000), 1)
+
     def lag(self) -> dict[str, int]:
         """Records between this copy and the end of each changelog (per topic)."""
         out: dict[str, int] = {}
@@ -142,6 +151,8 @@ class ReadModel:
                     self._apply(tp.topic, records)
                     if records:
                         self._positions[tp] = records[-1].offset + 1
+                        newest = max(r.timestamp for r in records)
+                        self._newest_ms = max(self._newest_ms or 0, newest)
                 if not self.ready.is_set() and self._reached_targets():
                     self.ready.set()
                 now = asyncio.get_running_loop().time()

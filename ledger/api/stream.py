@@ -52,6 +52,9 @@ def stages(prefix: str) -> dict[str, str]:
     }
 
 
+CHECK_TIMEOUT_S = 5.0  # a check that takes longer finds the broker unreachable
+
+
 class StreamWatch:
     def __init__(self, settings: Settings, bootstrap: str, every_s: float = 2.0) -> None:
         self.settings = settings
@@ -61,6 +64,17 @@ class StreamWatch:
         self.progress = {name: Progress() for name in self.stages}
         self.broker_reachable = False
         self.checked_at: float | None = None
+        self.reached_at: float | None = None  # the last check that reached the broker
+        self.tried_at: float | None = None  # the last check, reached or not
+
+    def broker_unreachable(self) -> bool:
+        """The last check could not reach the broker (False before the first check)."""
+        return self.tried_at is not None and not self.broker_reachable
+
+    def since_checked(self) -> float:
+        if self.tried_at is None:
+            return 0.0
+        return asyncio.get_running_loop().time() - self.tried_at
 
     def report(self) -> dict[str, Any]:
         """`status` (unknown, flowing, idle or stalled) and each stage's backlog."""
@@ -93,12 +107,26 @@ class StreamWatch:
                         await admin.start()
                         await consumer.start()
                         started = True
-                    await asyncio.wait_for(self._check(admin, consumer), self.every_s * 5)
+                    await asyncio.wait_for(self._check(admin, consumer), CHECK_TIMEOUT_S)
+                    if not self.broker_reachable and self.reached_at is not None:
+                        log.warning("the broker answers again")
                     self.broker_reachable = True
+                    self.reached_at = asyncio.get_running_loop().time()
                 except (KafkaError, OSError, TimeoutError) as exc:
                     if self.broker_reachable:
                         log.warning("the broker stopped answering: %r", exc)
                     self.broker_reachable = False
+                    if started:  # fresh clients for the next check: these may be wedged
+                        started = False
+                        with contextlib.suppress(Exception):
+                            await consumer.stop()
+                        with contextlib.suppress(Exception):
+                            await admin.close()
+                        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **options)
+                        consumer = AIOKafkaConsumer(
+                            bootstrap_servers=self.bootstrap, group_id=None, **options
+                        )
+                self.tried_at = asyncio.get_running_loop().time()
                 await asyncio.sleep(self.every_s)
         finally:
             with contextlib.suppress(Exception):

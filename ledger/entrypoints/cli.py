@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import urllib.parse
@@ -11,11 +12,12 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from events import AnyEvent, json_schema
 from ledger.adapters.config import Settings
-from ledger.adapters.publisher import Publisher
+from ledger.adapters.publisher import BrokerUnreachable, Publisher
 from ledger.rules.intake import parse_lines
 
 app = typer.Typer(
@@ -51,16 +53,47 @@ def publish(
     parsed = parse_lines(data.splitlines())
     for problem in parsed.errors:
         err.print(str(problem), markup=False, highlight=False)
-    sent = asyncio.run(_publish(settings, settings.broker, parsed.good))
+    quiet_kafka_logs()
+    try:
+        sent = asyncio.run(_publish(settings, settings.broker, parsed.good))
+    except BrokerUnreachable as exc:
+        err.print(
+            f"[red]cannot publish[/]: {exc}; nothing was published. Check that the ledger "
+            "is up and LEDGER_BROKER points at it (or raise LEDGER_PUBLISH_TIMEOUT_S).",
+            highlight=False,
+            soft_wrap=True,  # one line, whatever the terminal's width
+        )
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    except (TimeoutError, KafkaError, OSError) as exc:
+        err.print(
+            f"[red]the broker at {settings.broker} stopped answering while publishing[/] "
+            f"({type(exc).__name__}): some events may be recorded; run the same command "
+            "again when it is back (each event_id is recorded once).",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_UNREACHABLE) from None
     bad_lines = len({e.line for e in parsed.errors})
     out.print(f"published {sent} event(s); {bad_lines} bad line(s)")
     if parsed.errors:
         raise typer.Exit(1)
 
 
+EXIT_UNREACHABLE = 3  # `ledger publish`: the broker did not answer
+
+
+def quiet_kafka_logs() -> None:
+    """aiokafka logs every failed connection attempt; the command says it once itself."""
+    kafka_log = logging.getLogger("aiokafka")
+    kafka_log.addHandler(logging.NullHandler())
+    kafka_log.propagate = False
+
+
 async def _publish(settings: Settings, bootstrap: str, good: list[tuple[AnyEvent, bytes]]) -> int:
     async with Publisher(settings, bootstrap) as publisher:
-        return await publisher.publish(good)
+        return await asyncio.wait_for(
+            publisher.publish(good), settings.publish_timeout_s + len(good) / 1000
+        )
 
 
 @app.command()

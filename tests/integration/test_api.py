@@ -61,7 +61,8 @@ async def wait_folded(
     folded = -1
     while asyncio.get_running_loop().time() < deadline:
         with contextlib.suppress(aiohttp.ClientError):
-            folded = (await get_json(settings, "/health"))["events_folded"]
+            response = await get(settings, "/health")  # 503 while the broker is away
+            folded = orjson.loads(await response.read())["events_folded"]
         if folded >= expected:
             return
         await asyncio.sleep(0.5)
