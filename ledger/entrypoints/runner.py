@@ -208,6 +208,11 @@ def running_ledger(settings: Settings, quiet: bool = False) -> Iterator[Running]
         broker = None
         restored = None
         mirror = None
+
+        def grace() -> float:
+            # with the broker gone nothing can finish cleanly: do not wait 30 s for it
+            return 30.0 if broker is None or broker.running() else 5.0
+
         pids = {"runner": os.getpid()}
         if settings.broker:
             bootstrap = settings.broker
@@ -228,12 +233,12 @@ def running_ledger(settings: Settings, quiet: bool = False) -> Iterator[Running]
                 finally:
                     store.close()
                 mirror = start_module("workers.mirror", settings, bootstrap, log_of["mirror"])
-                stack.callback(stop_process, mirror)
+                stack.callback(lambda: stop_process(mirror, grace()))
                 pids["mirror"] = mirror.pid
         worker = start_worker(settings, bootstrap, log_of["worker"])
-        stack.callback(stop_process, worker)
+        stack.callback(lambda: stop_process(worker, grace()))
         api = start_api(settings, bootstrap, log_of["api"])
-        stack.callback(stop_process, api)
+        stack.callback(lambda: stop_process(api, grace()))
         pids.update(worker=worker.pid, api=api.pid)
         _write_pids(data_dir, pids)
         stack.callback((data_dir / PIDS_FILE).unlink, missing_ok=True)
