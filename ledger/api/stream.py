@@ -96,18 +96,13 @@ class StreamWatch:
         }
 
     async def run(self) -> None:
-        options = self.settings.kafka_client_options()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **options)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, **options)
-        started = False
+        clients: _Clients | None = None
         try:
             while True:
                 try:
-                    if not started:
-                        await admin.start()
-                        await consumer.start()
-                        started = True
-                    await asyncio.wait_for(self._check(admin, consumer), CHECK_TIMEOUT_S)
+                    if clients is None:
+                        clients = _Clients(self.settings, self.bootstrap)
+                    await asyncio.wait_for(self._connect_and_check(clients), CHECK_TIMEOUT_S)
                     if not self.broker_reachable and self.reached_at is not None:
                         log.warning("the broker answers again")
                     self.broker_reachable = True
@@ -116,23 +111,21 @@ class StreamWatch:
                     if self.broker_reachable:
                         log.warning("the broker stopped answering: %r", exc)
                     self.broker_reachable = False
-                    if started:  # fresh clients for the next check: these may be wedged
-                        started = False
-                        with contextlib.suppress(Exception):
-                            await consumer.stop()
-                        with contextlib.suppress(Exception):
-                            await admin.close()
-                        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **options)
-                        consumer = AIOKafkaConsumer(
-                            bootstrap_servers=self.bootstrap, group_id=None, **options
-                        )
+                    if clients is not None:  # fresh ones next time: these may be wedged
+                        await clients.close()
+                        clients = None
                 self.tried_at = asyncio.get_running_loop().time()
                 await asyncio.sleep(self.every_s)
         finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await admin.close()
+            if clients is not None:
+                await clients.close()
+
+    async def _connect_and_check(self, clients: _Clients) -> None:
+        if not clients.started:
+            await clients.admin.start()
+            await clients.consumer.start()
+            clients.started = True
+        await self._check(clients.admin, clients.consumer)
 
     async def _check(self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer) -> None:
         now = asyncio.get_running_loop().time()
@@ -151,3 +144,19 @@ class StreamWatch:
             backlog = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
             self.progress[name].observe(sum(committed.values()), backlog, now)
         self.checked_at = now
+
+
+class _Clients:
+    """The watch's admin client and consumer, replaced together after a failure."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        options = settings.kafka_client_options()
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **options)
+        self.started = False
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.consumer.stop(), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.admin.close(), 5)

@@ -29,6 +29,7 @@ from ledger.adapters.config import Settings
 from ledger.adapters.reader import collect
 from ledger.adapters.topics import Topics
 from projections import fold
+from tests.integration.test_alerting import Receiver
 from tests.integration.test_api import (
     assert_lists_match,
     get_json,
@@ -43,7 +44,7 @@ LEDGER = str(Path(sys.executable).with_name("ledger"))
 class Ledger:
     """`ledger up` on one data directory and fixed ports, as a user would run it."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, webhook: str = "") -> None:
         self.tmp = tmp_path
         self.data = tmp_path / "data"
         self.port = free_port()
@@ -64,6 +65,9 @@ class Ledger:
             "LEDGER_CLOCK": str(self.settings.clock),
             "LEDGER_SESSION_TIMEOUT_S": "6",
             "LEDGER_ALERT_INTERVAL": "1",
+            "LEDGER_ALERT_WEBHOOKS": webhook,
+            "LEDGER_ALERT_RETRY_BASE_S": "0.5",
+            "LEDGER_ALERT_RETRY_CAP_S": "2",
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -136,10 +140,26 @@ class Ledger:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Any:
-    ledger = Ledger(tmp_path)
+async def receiver() -> Any:
+    receiver = Receiver()  # not listening until a test starts it
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, receiver: Receiver) -> Any:
+    ledger = Ledger(tmp_path, receiver.url)
     yield ledger
     ledger.stop()
+
+
+async def wait_delivered(receiver: Receiver, alerts: list[Any]) -> None:
+    wanted = {a["alert_id"] for a in alerts}
+    for _ in range(120):
+        if set(receiver.unique()) >= wanted:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{len(wanted - set(receiver.unique()))} alerts never POSTed")
 
 
 async def ledger_events(ledger: Ledger, expected: int) -> Counter[str]:
@@ -180,7 +200,8 @@ async def assert_whole(ledger: Ledger, events: list[dict[str, Any]], before: Any
         assert await get_json(ledger.settings, "/alerts") == before
 
 
-async def test_ctrl_c_then_up_again_keeps_everything(ledger: Ledger) -> None:
+async def test_ctrl_c_then_up_again_keeps_everything(ledger: Ledger, receiver: Receiver) -> None:
+    await receiver.start()
     events = known_history(60)
     ledger.up()
     await ledger.started()
@@ -188,7 +209,12 @@ async def test_ctrl_c_then_up_again_keeps_everything(ledger: Ledger) -> None:
     await wait_folded(ledger.settings, len(events), ledger)  # type: ignore[arg-type]
     alerts = await wait_alerts(ledger)
     assert alerts, "the history raises alerts"
+    await wait_delivered(receiver, alerts)
+    await asyncio.sleep(1)  # the deliveries' records reach the API
     before = await views(ledger)
+    assert all(
+        d["status"] == "delivered" for a in before["/alerts"] for d in a["deliveries"].values()
+    )
 
     assert ledger.process is not None
     os.killpg(ledger.process.pid, signal.SIGINT)  # Ctrl-C in the terminal
@@ -200,6 +226,8 @@ async def test_ctrl_c_then_up_again_keeps_everything(ledger: Ledger) -> None:
     await assert_whole(ledger, events, alerts)
     await asyncio.sleep(3)  # three alert checks: nothing is raised a second time
     assert await views(ledger) == before
+    posts = Counter(key for key, _ in receiver.deliveries)
+    assert len(posts) == len(alerts) and max(posts.values()) == 1  # none POSTed again
     assert "restored from" in ledger.logs()
 
     # the validator still knows the old ids: a re-sent event is a duplicate
@@ -213,7 +241,7 @@ async def test_ctrl_c_then_up_again_keeps_everything(ledger: Ledger) -> None:
 
 
 async def test_sigkill_of_everything_right_after_an_acknowledged_publish(
-    ledger: Ledger,
+    ledger: Ledger, receiver: Receiver
 ) -> None:
     events = known_history(60)
     half = len(events) // 2
@@ -240,6 +268,11 @@ async def test_sigkill_of_everything_right_after_an_acknowledged_publish(
     await assert_whole(ledger, events, None)
     assert f"{len(events) - half} journaled publishes" in ledger.logs()
     assert ledger.journaled() == 0  # the copy holds them now
+    # the webhook was down all along: its deliveries were pending, and are made now
+    alerts = await wait_alerts(ledger)
+    assert alerts and not receiver.deliveries
+    await receiver.start()
+    await wait_delivered(receiver, alerts)
 
 
 async def test_killed_runner_then_killed_broker(ledger: Ledger) -> None:
