@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from ledger.adapters.config import Settings
 from ledger.adapters.durable import Copied, DurableStore
-from ledger.adapters.logs import configure_logging
+from ledger.adapters.process import configure_process
 
 log = logging.getLogger("ledger.mirror")
 CHUNK = 50_000  # records per transaction while catching up
@@ -143,7 +143,7 @@ def main() -> None:
     bootstrap = settings.broker
     if not bootstrap:
         raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
-    configure_logging()
+    configure_process()
     store = DurableStore.in_dir(settings.data_dir)
 
     async def run() -> None:

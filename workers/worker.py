@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError
 
 from ledger.adapters.config import Settings
 from ledger.adapters.kafka import ensure_ledger_topics, ensure_topics
-from ledger.adapters.logs import configure_logging
+from ledger.adapters.process import configure_process
 from workers.dispatcher import Dispatcher
 from workers.projector import Projector
 from workers.runtime import Processor, Table
@@ -142,7 +142,7 @@ def main() -> None:
     bootstrap = settings.broker
     if not bootstrap:
         raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
-    configure_logging()
+    configure_process()
 
     async def run() -> bool:
         stop = asyncio.Event()

@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from aiokafka.errors import KafkaError
 
 from ledger.adapters.config import Settings
-from ledger.adapters.logs import configure_logging
+from ledger.adapters.process import configure_process
 from ledger.adapters.publisher import Publisher
 from ledger.api.openapi import (
     BOOLEANS,
@@ -446,6 +446,6 @@ def main() -> None:
     settings = Settings()
     if not settings.broker:
         raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
-    configure_logging()
+    configure_process()
     app = build_app(settings, settings.broker)
     asyncio.run(serve(app, settings.api_host, settings.api_port))
