@@ -129,8 +129,8 @@ class Api:
                 "read_model_lag": model.lag(),
                 "events_folded": model.events_folded(),
                 "held": len(model.held),
-                "requests": len(model.requests()),
-                "customers": len(model.customers()),
+                "requests": model.counts()[0],
+                "customers": model.counts()[1],
                 "newest_data_age_s": model.newest_data_age_s(),
             },
             # a load balancer or probe sees at once that no event can be accepted now
