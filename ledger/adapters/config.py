@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     alert_retry_cap_s: float = Field(300.0, gt=0)
     alert_timeout_s: float = Field(10.0, gt=0)
     policy_file: Path | None = None
+    # a team's own message templates (`<outcome>.txt`, Jinja), over the built-in ones
+    templates_dir: Path | None = None
     data_dir: Path = Path(".ledger")
     # POST /events and `ledger publish` give up on an unreachable broker after this
     publish_timeout_s: float = Field(10.0, gt=0, le=300)

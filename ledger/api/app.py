@@ -39,12 +39,14 @@ from ledger.api.readmodel import ReadModel
 from ledger.api.stream import StreamWatch
 from ledger.rules.intake import parse_body
 from ledger.rules.policy import Policy, load_policy
-from projections import views
+from projections import messages, views
+from projections.state import request_as_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_MODEL: web.AppKey[ReadModel] = web.AppKey("read_model", ReadModel)
 STREAM: web.AppKey[StreamWatch] = web.AppKey("stream", StreamWatch)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+MESSAGE_FORMATS = ("json", "text")
 RETRY_AFTER_S = 5  # what a 503 asks a client to wait before sending again
 PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher", Publisher)
 
@@ -100,6 +102,8 @@ class Api:
     def __init__(self, settings: Settings, policy: Policy) -> None:
         self.settings = settings
         self.policy = policy
+        self.templates = messages.environment(settings.templates_dir)
+        messages.check(self.templates)  # a broken team template stops the API at start
 
     # -- parameters ----------------------------------------------------------------
     def now(self) -> datetime:
@@ -206,6 +210,28 @@ class Api:
         if _wants_csv(request):
             return web.Response(text=to_csv(view["timeline"]), content_type="text/csv")
         return _json(view)
+
+    async def message(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["request_id"]
+        fmt = request.query.get("format")
+        if fmt is not None and fmt not in MESSAGE_FORMATS:
+            raise Problem(422, "invalid_parameter", {"format": "must be json or text"})
+        state = request.app[READ_MODEL].request(request_id)
+        known = None if state is None else request_as_of(state, self.as_of(request))
+        if known is None:
+            raise Problem(404, "not_found", f"no request {request_id} in the ledger")
+        try:
+            drafted = messages.draft(known, self.templates)
+        except messages.TemplateError as exc:  # a team's template: checked at start-up too
+            raise Problem(500, "template_error", str(exc)) from None
+        if drafted is None:
+            raise Problem(404, "no_decision", f"request {request_id} has no decision yet")
+        as_text = fmt == "text" or (
+            fmt is None and "text/plain" in request.headers.get("Accept", "")
+        )
+        if as_text:
+            return web.Response(text=drafted.as_text(), content_type="text/plain")
+        return _json(drafted.as_dict())
 
     async def metrics(self, request: web.Request) -> web.Response:
         row = views.metrics(request.app[READ_MODEL].requests(), self.as_of(request), self.policy)
@@ -414,6 +440,7 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
     app.router.add_get("/customers/abuse", api.abuse)
     app.router.add_get("/customers/{customer_id}", api.customer)
     app.router.add_get("/requests/{request_id}", api.request_)
+    app.router.add_get("/requests/{request_id}/message", api.message)
     app.router.add_get("/metrics/decisions", api.metrics)
     app.router.add_get("/alerts", api.alerts)
     app.router.add_get("/held", api.held)

@@ -213,9 +213,20 @@ class Accepted(_Shape):
     accepted: list[str]
 
 
+class Message(_Shape):
+    """The message to send with a request's latest decision; `gaps` names what the
+    decision did not record (shown in the body as `[to fill: ...]`)."""
+
+    request_id: str
+    outcome: str
+    subject: str
+    body: str
+    gaps: list[str]
+
+
 SHAPES: list[type[BaseModel]] = [
     Problem, Health, PipelineRow, OverdueRow, AbuseRow, Metrics, RequestView, CustomerView,
-    AlertRow, HeldRow, Accepted,
+    AlertRow, HeldRow, Accepted, Message,
 ]  # fmt: skip
 
 
@@ -281,6 +292,16 @@ def document() -> dict[str, Any]:
         operation = _get(summary, shape, many, found)
         operation["parameters"] = [*PARAMETERS.get(path, []), AS_OF, FORMAT]
         paths[path] = {"get": operation}
+    message = _get("the message to send with the request's latest decision", Message, csv=False)
+    message["responses"]["200"]["content"]["text/plain"] = {"schema": {"type": "string"}}
+    message["responses"]["404"] = _problem("no such request, or it has no decision yet")
+    message["responses"]["500"] = _problem("a team template (LEDGER_TEMPLATES_DIR) failed")
+    message["parameters"] = [
+        _param("request_id", {"type": "string"}, "the request", "path"),
+        AS_OF,
+        _param("format", {"type": "string", "enum": ["json", "text"]}, "json (default) or text"),
+    ]
+    paths["/requests/{request_id}/message"] = {"get": message}
     health = _get("always open: readiness, the stream, the broker", Health, csv=False)
     del health["responses"]["401"], health["responses"]["422"]
     health["responses"]["503"] = {

@@ -134,6 +134,26 @@ def up() -> None:
 
 
 @app.command()
+def draft(
+    request_id: Annotated[str, typer.Argument(help="the request, e.g. REQ-1001")],
+    as_of: Annotated[str | None, typer.Option(help="RFC 3339 instant (default now)")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="subject, body and gaps as JSON")] = False,
+) -> None:
+    """The message to send with a request's latest decision (asks the API)."""
+    from ledger.entrypoints.query import QueryError, fetch
+
+    settings = Settings()
+    path = f"/requests/{urllib.parse.quote(request_id, safe='')}/message"
+    params = {"as_of": as_of, "format": "json" if json_ else "text"}
+    try:
+        body = fetch(settings.api_url, path, params, settings.api_token, False)
+    except QueryError as exc:
+        err.print(f"[red]{exc}[/]", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    sys.stdout.write(body.decode() + ("" if body.endswith(b"\n") else "\n"))
+
+
+@app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="seconds to wait for the ledger")] = 120.0,
     keep: Annotated[bool, typer.Option(help="keep the ledger running afterwards")] = False,

@@ -65,6 +65,7 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         ("LEDGER_CLOCK", settings.clock),
         ("LEDGER_API_TOKEN", settings.api_token),
         ("LEDGER_POLICY_FILE", settings.policy_file),
+        ("LEDGER_TEMPLATES_DIR", settings.templates_dir),
         ("LEDGER_MIN_INSYNC_REPLICAS", settings.min_insync_replicas),
     ):
         if value is not None:

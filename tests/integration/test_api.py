@@ -21,6 +21,7 @@ from ledger.entrypoints.history import generate
 from ledger.rules.policy import Policy
 from projections import Folded, fold
 from projections.alerts import alerts_of_log
+from projections.messages import draft
 from projections.views import abuse, customer_view, metrics, overdue, pipeline, request_view
 from tests.factories import intake, score
 from tests.integration.conftest import Workers
@@ -126,6 +127,22 @@ async def test_every_route_answers_the_fold_of_the_log(
     assert await get_json(settings, "/customers/globex") == jsonish(
         customer_view(folded.customers["globex"], AS_OF, POLICY)
     )
+
+    # the message to send with each decision, as drafted from the fold
+    decided = sorted(r for r, state in folded.requests.items() if state.last_decision)
+    undecided = sorted(r for r, state in folded.requests.items() if not state.last_decision)
+    assert decided and undecided
+    for request_id in decided[:3]:
+        expected = draft(folded.requests[request_id])
+        assert expected is not None
+        path = f"/requests/{request_id}/message"
+        assert await get_json(settings, path) == expected.as_dict()
+        as_text = await get(settings, path, headers={"Accept": "text/plain"})
+        assert as_text.headers["Content-Type"].startswith("text/plain")
+        assert await as_text.text() == expected.as_text()
+    no_decision = await get(settings, f"/requests/{undecided[0]}/message?format=text")
+    assert no_decision.status == 404
+    assert orjson.loads(await no_decision.read())["error"] == "no_decision"
 
     # filters and as_of
     ana = pipeline(folded.requests.values(), AS_OF, POLICY, owner="a.lindqvist", stage="scored")
