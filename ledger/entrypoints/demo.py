@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections import Counter
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -18,6 +19,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.panel import Panel
 from rich.progress import Progress
 from rich.table import Table
 
@@ -163,6 +165,7 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
                 payload = payload[:12]
             render(console, what, payload)
             console.print()
+        _message(console, settings, judged.records[topics.events])
         _alerts(console, alerts, expected)
         _next_steps(console, settings, keep)
         if keep:
@@ -172,6 +175,25 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
             except KeyboardInterrupt:
                 console.print("stopped")
     return 0
+
+
+def _message(console: Console, settings: Settings, accepted: list[Record]) -> None:
+    """One drafted message: the latest conditional no's (or any decision's)."""
+    decisions = [orjson.loads(r.value) for r in accepted]
+    decisions = [e for e in decisions if e.get("type") == "decision"]
+    if not decisions:
+        return
+    ranked = sorted(
+        decisions, key=lambda e: (e["data"]["outcome"] == "conditional_no", e["occurred_at"])
+    )
+    request_id = ranked[-1]["data"]["request_id"]
+    path = f"/requests/{urllib.parse.quote(request_id, safe='')}/message"
+    text = fetch(settings.api_url, path, {"format": "text"}, settings.api_token, False).decode()
+    console.print(
+        Panel(text, title=f"the message to send for {request_id} (ledger draft {request_id})",
+              title_align="left", expand=False)
+    )  # fmt: skip
+    console.print()
 
 
 def _expected_alerts(settings: Settings, accepted: list[Record]) -> int:
@@ -227,7 +249,8 @@ def _next_steps(console: Console, settings: Settings, keep: bool) -> None:
             f"  LEDGER_API_URL={settings.api_url} .venv/bin/ledger query request "
             f"REQ-2001\n"
             f"  LEDGER_API_URL={settings.api_url} .venv/bin/ledger query customer "
-            f"globex\n  curl '{settings.api_url}/overdue?format=csv'"
+            f"globex\n  LEDGER_API_URL={settings.api_url} .venv/bin/ledger draft "
+            f"REQ-2001\n  curl '{settings.api_url}/overdue?format=csv'"
         )
     else:
         console.print(

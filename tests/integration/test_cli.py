@@ -106,6 +106,7 @@ def test_demo_shows_the_four_views_and_the_alerts_its_history_raises(tmp_path: P
     out = done.stdout
     for title in ("rejected, with reasons", "pipeline (", "overdue (", "abuse (", "metrics"):
         assert title in out
+    assert "the message to send for REQ-" in out and "Subject: " in out
     assert f"alerts raised: {len(expected)} of the {len(expected)}" in out
     for customer in flagged:
         assert customer in out
