@@ -40,6 +40,7 @@ from ledger.api.stream import StreamWatch
 from ledger.rules.intake import parse_body
 from ledger.rules.policy import Policy, load_policy
 from projections import messages, views
+from projections import partners as partner_views
 from projections.state import request_as_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -187,6 +188,31 @@ class Api:
         rows = views.abuse(model.customers(), self.as_of(request), self.policy, flagged)
         return _listing(request, rows, ABUSE_COLUMNS)
 
+    async def partners(self, request: web.Request) -> web.Response:
+        raw = request.query.get("at_risk")
+        at_risk = None
+        if raw is not None:
+            if raw not in BOOLEANS:
+                raise Problem(422, "invalid_parameter", {"at_risk": "must be true or false"})
+            at_risk = raw == "true"
+        model = request.app[READ_MODEL]
+        rows = partner_views.partners(
+            model.requests(), model.customers(), self.as_of(request), self.policy, at_risk
+        )
+        return _listing(request, rows, PARTNER_COLUMNS)
+
+    async def partner(self, request: web.Request) -> web.Response:
+        partner_id = request.match_info["partner_id"]
+        model = request.app[READ_MODEL]
+        view = partner_views.partner_view(
+            partner_id, model.requests(), model.customers(), self.as_of(request), self.policy
+        )
+        if view is None:
+            raise Problem(404, "not_found", f"no partner {partner_id} in the ledger")
+        if _wants_csv(request):
+            return web.Response(text=to_csv(view["requests"]), content_type="text/csv")
+        return _json(view)
+
     async def customer(self, request: web.Request) -> web.Response:
         customer_id = request.match_info["customer_id"]
         state = request.app[READ_MODEL].customer(customer_id)
@@ -311,6 +337,10 @@ class Api:
 PIPELINE_COLUMNS = [
     "request_id", "kind", "title", "owner", "stage", "opened_at", "age_days",
     "business_age_days", "latest_adjusted_score", "recommendation",
+]  # fmt: skip
+PARTNER_COLUMNS = [
+    "partner_id", "at_risk", "flagged_customers", "requests", "open_requests", "escalations",
+    "support_asks", "support_unanswered",
 ]  # fmt: skip
 HELD_COLUMNS = [
     "subject", "type", "event_id", "reason", "inbox_partition", "inbox_offset", "inbox_key",
@@ -438,6 +468,8 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
     app.router.add_get("/pipeline", api.pipeline)
     app.router.add_get("/overdue", api.overdue)
     app.router.add_get("/customers/abuse", api.abuse)
+    app.router.add_get("/partners", api.partners)
+    app.router.add_get("/partners/{partner_id}", api.partner)
     app.router.add_get("/customers/{customer_id}", api.customer)
     app.router.add_get("/requests/{request_id}", api.request_)
     app.router.add_get("/requests/{request_id}/message", api.message)

@@ -56,6 +56,10 @@ PARAMETERS: dict[str, list[Any]] = {
         _param("flagged", {"type": "string", "enum": list(BOOLEANS)}, "only (un)flagged")
     ],
     "/customers/{customer_id}": [_param("customer_id", {"type": "string"}, "the customer", "path")],
+    "/partners": [
+        _param("at_risk", {"type": "string", "enum": list(BOOLEANS)}, "only partners (not) at risk")
+    ],
+    "/partners/{partner_id}": [_param("partner_id", {"type": "string"}, "the partner", "path")],
     "/requests/{request_id}": [_param("request_id", {"type": "string"}, "the request", "path")],
     "/alerts": [_param("kind", {"type": "string"}, "only alerts of this kind")],
 }
@@ -124,6 +128,57 @@ class AbuseRow(_Shape):
     last_escalation_at: str | None
     flagged: bool
     reasons: list[str]
+
+
+class PartnerRow(_Shape):
+    partner_id: str
+    at_risk: bool
+    flagged_customers: list[str]
+    requests: int
+    open_requests: int
+    escalations: int
+    support_asks: int
+    support_unanswered: int
+
+
+class PartnerRequest(_Shape):
+    request_id: str
+    kind: str
+    title: str
+    customer_id: str | None
+    status: str
+    opened_at: str
+    last_outcome: str | None
+    decided_at: str | None
+
+
+class PartnerEscalation(_Shape):
+    customer_id: str
+    kind: str
+    severity: int
+    occurred_at: str
+    request_id: str | None
+    customer_flagged: bool
+
+
+class SupportAsks(_Shape):
+    count: int
+    answered: int
+    unanswered: int
+    median_business_days_to_answer: float | None
+    share_answered_within_target: float | None
+    target_business_days: int
+    oldest_unanswered: dict[str, Any] | None
+
+
+class PartnerView(_Shape):
+    partner_id: str
+    at_risk: bool
+    flagged_customers: list[str]
+    still_serving_flagged: list[str]
+    requests: list[PartnerRequest]
+    escalations: list[PartnerEscalation]
+    support_asks: SupportAsks
 
 
 class Metrics(_Shape):
@@ -226,7 +281,7 @@ class Message(_Shape):
 
 SHAPES: list[type[BaseModel]] = [
     Problem, Health, PipelineRow, OverdueRow, AbuseRow, Metrics, RequestView, CustomerView,
-    AlertRow, HeldRow, Accepted, Message,
+    AlertRow, HeldRow, Accepted, Message, PartnerRow, PartnerView,
 ]  # fmt: skip
 
 
@@ -269,6 +324,8 @@ ROUTES: dict[str, tuple[str, type[BaseModel], bool, bool]] = {
     "/requests/{request_id}": ("one request's state and timeline", RequestView, False, True),
     "/metrics/decisions": ("decision metrics", Metrics, False, False),
     "/alerts": ("alerts, newest first, with delivery status", AlertRow, True, False),
+    "/partners": ("partners, those at risk first", PartnerRow, True, False),
+    "/partners/{partner_id}": ("one partner's side of the ledger", PartnerView, False, True),
     "/held": ("events held for an earlier event of their subject", HeldRow, True, False),
 }
 

@@ -251,6 +251,29 @@ def query_customer(
     _ask("customer", path, {"as_of": as_of}, json_, csv_)
 
 
+@query_app.command("partner")
+def query_partner(
+    partner_id: str, as_of: AsOf = None, json_: Json = False, csv_: Csv = False
+) -> None:
+    """One partner: its requests, escalations against it, flagged customers, support asks."""
+    path = f"/partners/{urllib.parse.quote(partner_id, safe='')}"
+    _ask("partner", path, {"as_of": as_of}, json_, csv_)
+
+
+@query_app.command("partners")
+def query_partners(
+    at_risk: Annotated[
+        bool, typer.Option("--at-risk", help="only partners serving a flagged customer")
+    ] = False,
+    as_of: AsOf = None,
+    json_: Json = False,
+    csv_: Csv = False,
+) -> None:
+    """Every partner the ledger knows, those at risk first."""
+    _ask("partners", "/partners", {"at_risk": "true" if at_risk else None, "as_of": as_of},
+         json_, csv_)  # fmt: skip
+
+
 @query_app.command("alerts")
 def query_alerts(json_: Json = False, csv_: Csv = False) -> None:
     """Recent alerts, newest first."""

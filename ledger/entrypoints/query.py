@@ -105,6 +105,12 @@ TERMINAL_COLUMNS = {
 }
 
 
+PARTNER_REQUEST_COLUMNS = ["request_id", "status", "last_outcome", "opened_at", "kind", "title"]
+PARTNER_ESCALATION_COLUMNS = [
+    "customer_id", "customer_flagged", "kind", "severity", "occurred_at", "request_id",
+]  # fmt: skip
+
+
 def render(console: Console, what: str, payload: Any) -> None:
     """Print one API answer as tables."""
     if what in ("request", "customer"):
@@ -118,6 +124,24 @@ def render(console: Console, what: str, payload: Any) -> None:
         console.print(table)
         name = "timeline" if what == "request" else "escalations"
         console.print(rows_table(name, items or [], TERMINAL_COLUMNS[name]))
+        return
+    if what == "partner":
+        table = Table("field", "value", title=f"partner {payload.get('partner_id')}",
+                      title_justify="left")  # fmt: skip
+        for key in ("at_risk", "flagged_customers", "still_serving_flagged"):
+            table.add_row(key, _text(payload.get(key)))
+        for key, value in (payload.get("support_asks") or {}).items():
+            table.add_row(f"support asks: {key}", _text(value))
+        console.print(table)
+        requests = [
+            {**r, "opened_at": _minute(r.get("opened_at"))} for r in payload.get("requests") or []
+        ]
+        escalations = [
+            {**e, "occurred_at": _minute(e.get("occurred_at"))}
+            for e in payload.get("escalations") or []
+        ]
+        console.print(rows_table("requests", requests, PARTNER_REQUEST_COLUMNS))
+        console.print(rows_table("escalations", escalations, PARTNER_ESCALATION_COLUMNS))
         return
     if what == "metrics":
         table = Table("metric", "value", title="decision metrics", title_justify="left")

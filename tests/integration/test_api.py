@@ -22,6 +22,7 @@ from ledger.rules.policy import Policy
 from projections import Folded, fold
 from projections.alerts import alerts_of_log
 from projections.messages import draft
+from projections.partners import partner_view, partners
 from projections.views import abuse, customer_view, metrics, overdue, pipeline, request_view
 from tests.factories import intake, score
 from tests.integration.conftest import Workers
@@ -143,6 +144,20 @@ async def test_every_route_answers_the_fold_of_the_log(
     no_decision = await get(settings, f"/requests/{undecided[0]}/message?format=text")
     assert no_decision.status == 404
     assert orjson.loads(await no_decision.read())["error"] == "no_decision"
+
+    # the partner's side
+    requests, customers = folded.requests.values(), folded.customers.values()
+    everyone = partners(requests, customers, AS_OF, POLICY)
+    at_risk = partners(requests, customers, AS_OF, POLICY, at_risk=True)
+    assert at_risk, "the history has partners serving a flagged customer"
+    assert await get_json(settings, "/partners") == jsonish(everyone)
+    assert await get_json(settings, "/partners?at_risk=true") == jsonish(at_risk)
+    for row in (at_risk[0], everyone[-1]):
+        pid = row["partner_id"]
+        assert await get_json(settings, f"/partners/{pid}") == jsonish(
+            partner_view(pid, requests, customers, AS_OF, POLICY)
+        )
+    assert (await get(settings, "/partners/nobody")).status == 404
 
     # filters and as_of
     ana = pipeline(folded.requests.values(), AS_OF, POLICY, owner="a.lindqvist", stage="scored")
