@@ -209,7 +209,8 @@ def metrics(states: Iterable[RequestState], as_of: datetime, policy: Policy) -> 
     pilots = pilots_scaled = 0
     recommended = overridden = 0
     success_window = timedelta(days=rules.pilot_success_days)
-    for s in known_requests(states, as_of):
+    known = known_requests(states, as_of)  # once: `states` may be an iterator
+    for s in known:
         decisions = list(s.decisions)
         if not decisions:
             continue
@@ -241,6 +242,69 @@ def metrics(states: Iterable[RequestState], as_of: datetime, policy: Policy) -> 
         "revisit_rate": _ratio(revisited_requests, decided_requests),
         "pilot_success_rate": _ratio(pilots_scaled, pilots),
         "override_rate": _ratio(overridden, recommended),
+        **_revisits_and_bridges(known),
+        **_support_responsiveness(known, as_of, policy),
+    }
+
+
+def _revisits_and_bridges(known: list[RequestState]) -> Row:
+    """Time to revisit: calendar days from a decision to the revisit that reopened it.
+    Bridge health: of the partners we declined, the share that came back later, by a new
+    request of theirs (its first contact after the decline) or a revisit of the declined
+    request."""
+    to_revisit: list[int] = []
+    declined: dict[str, list[datetime]] = {}  # partner -> when we declined them
+    returns: dict[str, list[datetime]] = {}  # partner -> when they came (back)
+    for s in known:
+        partner = s.intake.partner_id
+        if partner:
+            returns.setdefault(partner, []).append(s.opened_at)
+        decided = [d.occurred_at for d in s.decisions]
+        for entry in s.timeline:
+            if entry.type != "revisit":
+                continue
+            before = [at for at in decided if at <= entry.occurred_at]
+            if before:
+                to_revisit.append((entry.occurred_at - max(before)).days)
+            if partner:
+                returns[partner].append(entry.occurred_at)
+        for d in s.decisions:
+            if d.outcome == "decline" and partner:
+                declined.setdefault(partner, []).append(d.occurred_at)
+    came_back = sum(
+        1
+        for partner, times in declined.items()
+        if any(at > min(times) for at in returns.get(partner, []))
+    )
+    return {
+        "median_days_to_revisit": _percentile(to_revisit, 0.5),
+        "declined_partners": len(declined),
+        "bridge_health": _ratio(came_back, len(declined)),
+    }
+
+
+def _support_responsiveness(known: list[RequestState], as_of: datetime, policy: Policy) -> Row:
+    """Our answers to partners' support asks (`vendor_support`), measured like the vendors
+    partners complain about: business days to a first decision, against the target."""
+    cal = calendar_of(policy)
+    target = policy.decisions.target_business_days
+    days: list[int] = []
+    waiting = 0
+    for s in known:
+        if s.intake.kind != "vendor_support":
+            continue
+        if s.decisions:
+            first = s.decisions[0].occurred_at
+            days.append(cal.business_days_between(s.opened_at.date(), first.date()))
+        else:
+            waiting += 1
+    return {
+        "support_asks_answered": len(days),
+        "support_asks_unanswered": waiting,
+        "median_business_days_to_answer_support": _percentile(days, 0.5),
+        "share_support_answered_within_target": _ratio(
+            sum(1 for d in days if d <= target), len(days)
+        ),
     }
 
 

@@ -191,6 +191,13 @@ class Metrics(_Shape):
     revisit_rate: float | None
     pilot_success_rate: float | None
     override_rate: float | None
+    median_days_to_revisit: float | None
+    declined_partners: int
+    bridge_health: float | None
+    support_asks_answered: int
+    support_asks_unanswered: int
+    median_business_days_to_answer_support: float | None
+    share_support_answered_within_target: float | None
 
 
 class TimelineEntry(_Shape):
