@@ -39,8 +39,9 @@ from ledger.api.readmodel import ReadModel
 from ledger.api.stream import StreamWatch
 from ledger.rules.intake import parse_body
 from ledger.rules.policy import Policy, load_policy
-from projections import messages, views
+from projections import messages, report_pages, views
 from projections import partners as partner_views
+from projections import report as report_figures
 from projections.state import request_as_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,6 +49,7 @@ READ_MODEL: web.AppKey[ReadModel] = web.AppKey("read_model", ReadModel)
 STREAM: web.AppKey[StreamWatch] = web.AppKey("stream", StreamWatch)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 MESSAGE_FORMATS = ("json", "text")
+REPORT_FORMATS = ("html", "md", "json")
 RETRY_AFTER_S = 5  # what a 503 asks a client to wait before sending again
 PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher", Publisher)
 
@@ -187,6 +189,31 @@ class Api:
         model = request.app[READ_MODEL]
         rows = views.abuse(model.customers(), self.as_of(request), self.policy, flagged)
         return _listing(request, rows, ABUSE_COLUMNS)
+
+    async def report(self, request: web.Request) -> web.Response:
+        month = request.query.get("month")
+        if month is None:
+            raise Problem(422, "invalid_parameter", {"month": "required, as YYYY-MM"})
+        try:
+            start, _ = report_figures.month_bounds(month)
+        except ValueError as exc:
+            raise Problem(422, "invalid_parameter", {"month": str(exc)}) from None
+        if not 1900 <= start.year <= 2999:
+            raise Problem(422, "invalid_parameter", {"month": "must fall between 1900 and 2999"})
+        fmt = request.query.get("format", "html")
+        if fmt not in REPORT_FORMATS:
+            raise Problem(422, "invalid_parameter", {"format": "must be html, md or json"})
+        model = request.app[READ_MODEL]
+        figures = report_figures.nos_and_whys(
+            model.requests(), model.customers(), month, self.policy
+        )
+        if fmt == "json":
+            return _json(figures)
+        if fmt == "md":
+            text = await asyncio.to_thread(report_pages.markdown, figures)
+            return web.Response(text=text, content_type="text/markdown")
+        page = await asyncio.to_thread(report_pages.html, figures)  # charts take ~0.3 s
+        return web.Response(text=page, content_type="text/html")
 
     async def partners(self, request: web.Request) -> web.Response:
         raw = request.query.get("at_risk")
@@ -469,6 +496,7 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
     app.router.add_get("/overdue", api.overdue)
     app.router.add_get("/customers/abuse", api.abuse)
     app.router.add_get("/partners", api.partners)
+    app.router.add_get("/reports/nos-and-whys", api.report)
     app.router.add_get("/partners/{partner_id}", api.partner)
     app.router.add_get("/customers/{customer_id}", api.customer)
     app.router.add_get("/requests/{request_id}", api.request_)

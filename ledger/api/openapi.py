@@ -366,6 +366,39 @@ def document() -> dict[str, Any]:
         _param("format", {"type": "string", "enum": ["json", "text"]}, "json (default) or text"),
     ]
     paths["/requests/{request_id}/message"] = {"get": message}
+    paths["/reports/nos-and-whys"] = {
+        "get": {
+            "summary": "the monthly Nos & Whys for executives",
+            "parameters": [
+                {
+                    **_param(
+                        "month",
+                        {"type": "string", "pattern": "^(19|2[0-9])[0-9]{2}-(0[1-9]|1[0-2])$"},
+                        "the month, as YYYY-MM",
+                    ),
+                    "required": True,
+                },
+                _param(
+                    "format",
+                    {"type": "string", "enum": ["html", "md", "json"]},
+                    "html (default, self-contained), md or json",
+                ),
+            ],  # fmt: skip
+            "responses": {
+                "200": {
+                    "description": "the report",
+                    "content": {
+                        "text/html": {"schema": {"type": "string"}},
+                        "text/markdown": {"schema": {"type": "string"}},
+                        "application/json": {"schema": {"type": "object"}},
+                    },
+                },
+                "400": _problem("a malformed request"),
+                "401": _problem("LEDGER_API_TOKEN is set and the bearer token is missing or wrong"),
+                "422": _problem("a missing or malformed month, or an unknown format"),
+            },
+        }
+    }
     health = _get("always open: readiness, the stream, the broker", Health, csv=False)
     del health["responses"]["401"], health["responses"]["422"]
     health["responses"]["503"] = {

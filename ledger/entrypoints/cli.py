@@ -154,6 +154,34 @@ def draft(
 
 
 @app.command()
+def report(
+    month: Annotated[str, typer.Option(help="the month, as YYYY-MM")],
+    directory: Annotated[
+        Path, typer.Option("--out", help="directory to write the files to")
+    ] = Path("."),
+) -> None:
+    """The monthly Nos & Whys: writes an HTML page (charts inline) and a Markdown version."""
+    from ledger.entrypoints.query import QueryError, fetch
+
+    settings = Settings()
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, suffix in (("html", "html"), ("md", "md")):
+        params = {"month": month, "format": fmt}
+        try:
+            body = fetch(
+                settings.api_url, "/reports/nos-and-whys", params, settings.api_token, False
+            )
+        except QueryError as exc:
+            err.print(f"[red]{exc}[/]", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        path = directory / f"nos-and-whys-{month}.{suffix}"
+        path.write_bytes(body)
+        written.append(str(path))
+    out.print("wrote " + " and ".join(written))
+
+
+@app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="seconds to wait for the ledger")] = 120.0,
     keep: Annotated[bool, typer.Option(help="keep the ledger running afterwards")] = False,

@@ -6,8 +6,12 @@ import asyncio
 import contextlib
 import csv
 import io
+import os
 import signal
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +27,7 @@ from projections import Folded, fold
 from projections.alerts import alerts_of_log
 from projections.messages import draft
 from projections.partners import partner_view, partners
+from projections.report import nos_and_whys
 from projections.views import abuse, customer_view, metrics, overdue, pipeline, request_view
 from tests.factories import intake, score
 from tests.integration.conftest import Workers
@@ -144,6 +149,30 @@ async def test_every_route_answers_the_fold_of_the_log(
     no_decision = await get(settings, f"/requests/{undecided[0]}/message?format=text")
     assert no_decision.status == 404
     assert orjson.loads(await no_decision.read())["error"] == "no_decision"
+
+    # the monthly Nos & Whys, as JSON, as a page, and written by `ledger report`
+    report = await get_json(settings, "/reports/nos-and-whys?month=2026-03&format=json")
+    assert report == jsonish(
+        nos_and_whys(folded.requests.values(), folded.customers.values(), "2026-03", POLICY)
+    )
+    page = await get(settings, "/reports/nos-and-whys?month=2026-03")
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert (await page.text()).count("<svg") == 2
+    for bad in ("month=2026-13", "month=march", "", "month=2026-03&format=pdf"):
+        refused = await get(settings, f"/reports/nos-and-whys?{bad}")
+        assert refused.status == 422, bad
+    written = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).with_name("ledger")), "report", "--month", "2026-03",
+         "--out", str(settings.data_dir / "reports")],
+        env={**os.environ, "LEDGER_API_URL": settings.api_url},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stdout + written.stderr
+    html_file = settings.data_dir / "reports" / "nos-and-whys-2026-03.html"
+    assert html_file.read_text() == await page.text()
+    md_file = settings.data_dir / "reports" / "nos-and-whys-2026-03.md"
+    assert md_file.read_text().startswith("# Nos & Whys — 2026-03")
 
     # the partner's side
     requests, customers = folded.requests.values(), folded.customers.values()
