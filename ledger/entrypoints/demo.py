@@ -13,7 +13,7 @@ import asyncio
 import time
 import urllib.parse
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any
 
@@ -166,6 +166,8 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
             render(console, what, payload)
             console.print()
         _message(console, settings, judged.records[topics.events])
+        _partner_at_risk(console, settings)
+        _report(console, settings)
         _alerts(console, alerts, expected)
         _next_steps(console, settings, keep)
         if keep:
@@ -193,6 +195,28 @@ def _message(console: Console, settings: Settings, accepted: list[Record]) -> No
         Panel(text, title=f"the message to send for {request_id} (ledger draft {request_id})",
               title_align="left", expand=False)
     )  # fmt: skip
+    console.print()
+
+
+def _partner_at_risk(console: Console, settings: Settings) -> None:
+    rows = decode(fetch(settings.api_url, "/partners", {"at_risk": "true"}, settings.api_token,
+                        False))  # fmt: skip
+    render(console, "partners at risk (serving a customer flagged for abusing partners)", rows)
+    console.print()
+
+
+def _report(console: Console, settings: Settings) -> None:
+    """The last full month's Nos & Whys, written next to the logs."""
+    now = settings.now()
+    month = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    written = []
+    for fmt in ("html", "md"):
+        body = fetch(settings.api_url, "/reports/nos-and-whys", {"month": month, "format": fmt},
+                     settings.api_token, False)  # fmt: skip
+        path = settings.data_dir / f"nos-and-whys-{month}.{fmt}"
+        path.write_bytes(body)
+        written.append(str(path))
+    console.print(f"the Nos & Whys for {month}: {written[0]} (open it in a browser), {written[1]}")
     console.print()
 
 

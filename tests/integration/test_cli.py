@@ -107,6 +107,9 @@ def test_demo_shows_the_four_views_and_the_alerts_its_history_raises(tmp_path: P
     for title in ("rejected, with reasons", "pipeline (", "overdue (", "abuse (", "metrics"):
         assert title in out
     assert "the message to send for REQ-" in out and "Subject: " in out
+    assert "partners at risk" in out
+    assert "the Nos & Whys for 2026-05" in out
+    assert (tmp_path / "nos-and-whys-2026-05.html").read_text().count("<svg") == 2
     assert f"alerts raised: {len(expected)} of the {len(expected)}" in out
     for customer in flagged:
         assert customer in out

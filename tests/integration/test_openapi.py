@@ -70,7 +70,7 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document
             str(st),
             "run",
             f"{settings.api_url}/openapi.json",
-            "--max-examples=15",
+            "--max-examples=10",
             "--seed=1",
             f"--checks={CHECKS}",
         ],
