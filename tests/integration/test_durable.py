@@ -210,11 +210,16 @@ async def test_ctrl_c_then_up_again_keeps_everything(ledger: Ledger, receiver: R
     alerts = await wait_alerts(ledger)
     assert alerts, "the history raises alerts"
     await wait_delivered(receiver, alerts)
-    await asyncio.sleep(1)  # the deliveries' records reach the API
+
+    def all_delivered(listed: list[Any]) -> bool:
+        return all(d["status"] == "delivered" for a in listed for d in a["deliveries"].values())
+
+    for _ in range(60):  # until the delivery records have reached the API
+        if all_delivered(await get_json(ledger.settings, "/alerts")):
+            break
+        await asyncio.sleep(0.5)
     before = await views(ledger)
-    assert all(
-        d["status"] == "delivered" for a in before["/alerts"] for d in a["deliveries"].values()
-    )
+    assert all_delivered(before["/alerts"])
 
     assert ledger.process is not None
     os.killpg(ledger.process.pid, signal.SIGINT)  # Ctrl-C in the terminal
