@@ -29,6 +29,7 @@ from projections.views import (
     customer_pattern,
     known_customers,
     known_requests,
+    support_asks,
 )
 
 Row = dict[str, Any]
@@ -157,14 +158,13 @@ def _request_row(r: RequestState) -> Row:
 def _support(known: list[RequestState], as_of: datetime, policy: Policy) -> Row:
     cal = calendar_of(policy)
     target = policy.decisions.target_business_days
-    asks = [r for r in known if r.intake.kind == "vendor_support"]
-    days, waiting = [], []
-    for r in asks:
-        if r.decisions:
-            first = r.decisions[0]
-            days.append(cal.business_days_between(r.opened_at.date(), first.occurred_at.date()))
-        else:
-            waiting.append((int(cal.age(r.opened_at, as_of, "business")), r.request_id))
+    asks = support_asks(known, policy)
+    days = [a.business_days for a in asks if a.business_days is not None]
+    waiting = [
+        (int(cal.age(a.state.opened_at, as_of, "business")), a.state.request_id)
+        for a in asks
+        if a.business_days is None
+    ]
     oldest = max(waiting, default=None)
     return {
         "count": len(asks),

@@ -38,6 +38,7 @@ from projections.views import (
     calendar_of,
     known_customers,
     known_requests,
+    support_asks,
 )
 
 Row = dict[str, Any]
@@ -269,16 +270,14 @@ def _pilots(states: list[RequestState], start: datetime, end: datetime, policy: 
 
 
 def _support(states: list[RequestState], start: datetime, end: datetime, policy: Policy) -> Row:
-    cal = calendar_of(policy)
     target = policy.decisions.target_business_days
+    asks = support_asks(states, policy)
     days = [
-        cal.business_days_between(s.opened_at.date(), s.decisions[0].occurred_at.date())
-        for s in states
-        if s.intake.kind == "vendor_support"
-        and s.decisions
-        and start <= s.decisions[0].occurred_at < end
+        a.business_days
+        for a in asks
+        if a.business_days is not None and a.answered_at and start <= a.answered_at < end
     ]
-    waiting = [s for s in states if s.intake.kind == "vendor_support" and not s.decisions]
+    waiting = [a for a in asks if a.business_days is None]
     return {
         "answered": len(days),
         "median_business_days": _p(days, 0.5),

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger.rules.calendar import BusinessCalendar, Unit
 from ledger.rules.policy import Policy, assess
@@ -283,21 +283,37 @@ def _revisits_and_bridges(known: list[RequestState]) -> Row:
     }
 
 
-def _support_responsiveness(known: list[RequestState], as_of: datetime, policy: Policy) -> Row:
-    """Our answers to partners' support asks (`vendor_support`), measured like the vendors
-    partners complain about: business days to a first decision, against the target."""
+class SupportAsk(NamedTuple):
+    """A partner's support ask (a `vendor_support` request) and our answer to it: its first
+    decision, and the business days from first contact to it (None: not answered)."""
+
+    state: RequestState
+    answered_at: datetime | None
+    business_days: int | None
+
+
+def support_asks(states: Iterable[RequestState], policy: Policy) -> list[SupportAsk]:
+    """The support asks among `states`, measured like the vendors partners complain about."""
     cal = calendar_of(policy)
-    target = policy.decisions.target_business_days
-    days: list[int] = []
-    waiting = 0
-    for s in known:
+    asks = []
+    for s in states:
         if s.intake.kind != "vendor_support":
             continue
-        if s.decisions:
-            first = s.decisions[0].occurred_at
-            days.append(cal.business_days_between(s.opened_at.date(), first.date()))
-        else:
-            waiting += 1
+        if not s.decisions:
+            asks.append(SupportAsk(s, None, None))
+            continue
+        first = s.decisions[0].occurred_at
+        days = cal.business_days_between(s.opened_at.date(), first.date())
+        asks.append(SupportAsk(s, first, days))
+    return asks
+
+
+def _support_responsiveness(known: list[RequestState], as_of: datetime, policy: Policy) -> Row:
+    """Our answers to partners' support asks, against the decision target."""
+    target = policy.decisions.target_business_days
+    asks = support_asks(known, policy)
+    days = [a.business_days for a in asks if a.business_days is not None]
+    waiting = len(asks) - len(days)
     return {
         "support_asks_answered": len(days),
         "support_asks_unanswered": waiting,
