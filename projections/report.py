@@ -53,6 +53,17 @@ def _p(values: list[int], q: float) -> float | None:
 TREND_MONTHS = 6
 
 
+def stop_label(stop: str) -> str:
+    """A stop as the report counts it, by rule: "ask: exclusivity" reads "asks for
+    exclusivity", "icp_overlap_pct 31 < 40" reads "ICP overlap below 40%" (whatever the
+    overlap), a red flag keeps its text."""
+    if stop.startswith("ask: "):
+        return f"asks for {stop.removeprefix('ask: ')}"
+    if stop.startswith("icp_overlap_pct ") and " < " in stop:
+        return f"ICP overlap below {stop.rsplit(' < ', 1)[1]}%"
+    return stop
+
+
 def month_bounds(month: str) -> tuple[datetime, datetime]:
     """`YYYY-MM` -> [start, end) in UTC; ValueError if it is not a month."""
     try:
@@ -127,9 +138,8 @@ def nos_and_whys(
                     weak[dim] += 1
             red_flags.update(f.flag for f in d.score.red_flags)
             assessed = assess(d.score, s.intake, policy.fair)
-            # by rule ("icp_overlap_pct 31 < 40" counts as icp_overlap_pct)
-            hard_stops.update(stop.split(" ")[0] for stop in assessed.hard_stops)
-            soft_stops.update(stop.split(" ")[0] for stop in assessed.soft_stops)
+            hard_stops.update(stop_label(stop) for stop in assessed.hard_stops)
+            soft_stops.update(stop_label(stop) for stop in assessed.soft_stops)
             if d.outcome in RECOMMENDABLE and assessed.recommendation != d.outcome:
                 overrides.append(
                     {

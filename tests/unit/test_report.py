@@ -94,3 +94,28 @@ def test_a_month_is_yyyy_mm() -> None:
     for bad in ("2026-13", "March", "2026-3-1", ""):
         with pytest.raises(ValueError, match="YYYY-MM"):
             month_bounds(bad)
+
+
+def test_stops_are_counted_by_rule_in_words() -> None:
+    """Seen in the browser: the stops read "ask:" and "red"; they read as rules now."""
+    f = fold(
+        from_mapping(e)
+        for e in (
+            intake("R1", asks=["exclusivity"], icp_overlap_pct=31, at="2026-03-02T09:00:00Z"),
+            score(
+                "R1",
+                red_flags=[{"flag": "no reference customer", "severity": "soft"}],
+                at="2026-03-03T09:00:00Z",
+            ),
+            decision("R1", "decline", at="2026-03-04T09:00:00Z"),
+            intake("R2", icp_overlap_pct=12, at="2026-03-02T09:00:00Z"),
+            score("R2", at="2026-03-03T09:00:00Z"),
+            decision("R2", "decline", at="2026-03-04T09:00:00Z"),
+        )
+    )
+    whys = nos_and_whys(f.requests.values(), f.customers.values(), "2026-03", POLICY)["whys"]
+    assert whys["hard_stops"] == {"asks for exclusivity": 1}
+    assert whys["soft_stops"] == {
+        "ICP overlap below 40%": 2,
+        "red flag: no reference customer": 1,
+    }
