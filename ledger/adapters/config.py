@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     # how often the embedded ledger's mirror brings its durable copy up to date: the
     # longest a raw Kafka producer's acknowledged record can wait to be on disk
     mirror_interval_s: float = Field(0.2, gt=0, le=60)
+    # the SQL projection (issue 9): PostgreSQL when set (postgresql://user@host/db), else
+    # DuckDB at LEDGER_DATA_DIR/ledger.duckdb; written every interval (DuckDB's file is
+    # free for readers in between); states of this many subjects kept in memory
+    sql_url: str | None = None
+    sql_interval_s: float = Field(1.0, gt=0, le=60)
+    sql_cache_states: int = Field(5000, ge=0)
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int | None = Field(None, ge=1)
     store: Literal["memory", "rocksdb"] = Field(

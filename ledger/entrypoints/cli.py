@@ -192,6 +192,90 @@ def demo(
     raise typer.Exit(run_demo(Settings(broker=None), out, timeout, keep))
 
 
+@app.command("sql")
+def sql_command(
+    query: Annotated[str | None, typer.Argument(help="a read-only SQL query")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print CSV")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON array of rows")] = False,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="drop the tables and refold them from the log")
+    ] = False,
+) -> None:
+    """Query the SQL tables (DuckDB under LEDGER_DATA_DIR, or LEDGER_SQL_URL's PostgreSQL)
+    read-only; see the README for the tables and their columns."""
+    from ledger.adapters.sql import SqlError, WriteRefused, open_store
+    from ledger.entrypoints.query import sql_rows_out
+
+    settings = Settings()
+    if as_json and as_csv:
+        err.print("choose one of --json and --csv")
+        raise typer.Exit(2)
+    if not rebuild and not query:
+        err.print(
+            'give a query, e.g. ledger sql "SELECT status, count(*) FROM requests GROUP BY 1"'
+        )
+        raise typer.Exit(2)
+    try:
+        store = open_store(settings.sql_url, settings.data_dir)
+        try:
+            if rebuild:
+                _rebuild_sql(settings, store)
+            if query:
+                columns, rows = store.query(query)
+                sql_rows_out(out, columns, rows, as_csv, as_json)
+        finally:
+            store.close()
+    except WriteRefused as exc:
+        err.print(f"[red]{exc}[/]", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    except SqlError as exc:
+        err.print(f"[red]{exc}[/]", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _rebuild_sql(settings: Settings, store: Any) -> None:
+    import time
+
+    from workers.sql import rebuild
+
+    if not settings.broker:
+        err.print("--rebuild reads the log: set LEDGER_BROKER (`ledger up` prints it)")
+        raise typer.Exit(2)
+    quiet_kafka_logs()
+    started = time.monotonic()
+    try:
+        records = asyncio.run(rebuild(settings, settings.broker, store))
+    except (KafkaError, OSError) as exc:
+        err.print(f"[red]cannot read the log from {settings.broker}: {exc!r}[/]")
+        raise typer.Exit(3) from None
+    err.print(
+        f"rebuilt the SQL tables from {records} records in {time.monotonic() - started:.1f} s"
+    )
+
+
+@app.command("export")
+def export_command(
+    parquet: Annotated[
+        Path, typer.Option("--parquet", help="directory for one Parquet file per table")
+    ],
+) -> None:
+    """Write every SQL table as Parquet, for BI tools and spreadsheets."""
+    from ledger.adapters.sql import SqlError, open_store
+
+    settings = Settings()
+    try:
+        store = open_store(settings.sql_url, settings.data_dir)
+        try:
+            paths = store.export_parquet(parquet)
+        finally:
+            store.close()
+    except SqlError as exc:
+        err.print(f"[red]{exc}[/]", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    for path in paths:
+        out.print(str(path))
+
+
 query_app = typer.Typer(help="Ask a running ledger (LEDGER_API_URL) for its read models.")
 app.add_typer(query_app, name="query")
 

@@ -1,11 +1,16 @@
-"""`ledger query`: the API's answers as rich tables, JSON or CSV (an HTTP client, nothing more)."""
+"""`ledger query`: the API's answers as rich tables, JSON or CSV (an HTTP client, nothing more);
+and `ledger sql`'s rows, printed the same ways."""
 
 from __future__ import annotations
 
+import csv
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -175,3 +180,32 @@ def summary_rows(summary: dict[str, Any]) -> dict[str, Any]:
 
 def decode(body: bytes) -> Any:
     return orjson.loads(body)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def sql_rows_out(
+    console: Console, columns: list[str], rows: list[tuple[Any, ...]], as_csv: bool, as_json: bool
+) -> None:
+    """`ledger sql`'s answer: a table, CSV, or JSON objects."""
+    if as_json:
+        objects = [dict(zip(columns, (_cell(v) for v in row), strict=True)) for row in rows]
+        sys.stdout.write(orjson.dumps(objects, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if v is None else _cell(v) for v in row] for row in rows])
+        return
+    table = Table(*columns, title=f"{len(rows)} rows", title_justify="left")
+    for row in rows:
+        table.add_row(*("" if v is None else str(_cell(v)) for v in row))
+    console.print(table)
