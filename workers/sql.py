@@ -116,6 +116,8 @@ class SqlWriter:
             self.consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
 
     async def _same_log(self, stored: Offsets) -> bool:
+        if any(topic not in self.inputs for topic, _ in stored):
+            return False  # another ledger's topics (another LEDGER_TOPIC_PREFIX)
         ends = await self.consumer.end_offsets(self.tps)
         for tp in self.tps:
             if stored.get((tp.topic, tp.partition), 0) > ends[tp]:
