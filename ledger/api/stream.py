@@ -49,7 +49,12 @@ def stages(prefix: str) -> dict[str, str]:
         "validator-screen": topics.inbox,
         "validator-admit": topics.by_subject,
         "projector": topics.events,
+        "sql": topics.events,  # the SQL projection's writer (its lag on ledger.events)
     }
+
+
+# watched once their group has committed: a ledger may run without the SQL writer
+OPTIONAL_STAGES = frozenset({"sql"})
 
 
 CHECK_TIMEOUT_S = 5.0  # a check that takes longer finds the broker unreachable
@@ -92,7 +97,11 @@ class StreamWatch:
         return {
             "status": status,
             "stalled_stages": stalled,
-            "backlog": {name: p.backlog for name, p in self.progress.items()},
+            "backlog": {
+                name: p.backlog
+                for name, p in self.progress.items()
+                if name not in OPTIONAL_STAGES or p.committed >= 0
+            },
         }
 
     async def run(self) -> None:
@@ -140,6 +149,8 @@ class StreamWatch:
             ends = await consumer.end_offsets(tps)
             group = group_id(self.settings.topic_prefix, name)
             offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+            if name in OPTIONAL_STAGES and not any(o.offset >= 0 for o in offsets.values()):
+                continue
             committed = {tp: max(0, o.offset) for tp, o in offsets.items()}
             backlog = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
             self.progress[name].observe(sum(committed.values()), backlog, now)

@@ -169,6 +169,8 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
         _partner_at_risk(console, settings)
         _report(console, settings)
         _alerts(console, alerts, expected)
+        if not _sql(console, settings, len(accepted), len(alerts), timeout):
+            return 1
         _next_steps(console, settings, keep)
         if keep:
             try:
@@ -177,6 +179,53 @@ def run_demo(settings: Settings, console: Console, timeout: float, keep: bool = 
             except KeyboardInterrupt:
                 console.print("stopped")
     return 0
+
+
+DEMO_SQL = """SELECT owner, kind, count(*) AS decisions,
+       median(business_days_to_decide) AS median_days,
+       round(avg(CASE WHEN within_target THEN 1 ELSE 0 END), 2) AS within_target
+FROM decisions WHERE first_of_cycle
+GROUP BY owner, kind ORDER BY median_days DESC, decisions DESC LIMIT 8"""
+
+
+def _sql(console: Console, settings: Settings, events: int, alerts: int, timeout: float) -> bool:
+    """Wait for the SQL projection to hold every accepted event and alert; show a query."""
+    from ledger.adapters.sql import SqlError, duckdb_path, open_store
+
+    store = open_store(settings.sql_url, settings.data_dir)
+    try:
+        deadline = time.monotonic() + timeout
+        counts: list[Any] = []
+        while time.monotonic() < deadline:
+            try:
+                _, counts = store.query(
+                    "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM alerts)"
+                )
+                if tuple(counts[0]) == (events, alerts):
+                    break
+            except SqlError:
+                pass  # not written yet
+            time.sleep(0.5)
+        else:
+            console.print(f"[red]the SQL tables did not catch up[/] ({counts}); see sql.log")
+            return False
+        where = settings.sql_url or str(duckdb_path(settings.data_dir))
+        console.print(
+            f"SQL tables: {where} ({events} events, {alerts} alerts); "
+            "median business days to decide by owner and kind:"
+        )
+        columns, rows = store.query(DEMO_SQL)
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+        console.print(
+            '[dim]ask your own: ledger sql "SELECT ..." (--csv, --json); '
+            f"ledger export --parquet DIR; or open {where} in DuckDB (README: the tables)[/]\n"
+        )
+        return True
+    finally:
+        store.close()
 
 
 def _message(console: Console, settings: Settings, accepted: list[Record]) -> None:

@@ -28,10 +28,12 @@ class Running:
     logs: list[Path] = field(default_factory=list)
     restored: Restored | None = None  # what the durable copy gave back at the start
     mirror: subprocess.Popen[bytes] | None = None  # keeps the durable copy
+    sql: subprocess.Popen[bytes] | None = None  # the SQL projection's writer
 
     def all_alive(self) -> bool:
         """Whether every process of the ledger still runs."""
-        processes = [self.worker, self.api] + ([self.mirror] if self.mirror else [])
+        processes = [self.worker, self.api]
+        processes += [p for p in (self.mirror, self.sql) if p is not None]
         broker_up = self.broker is None or self.broker.running()
         return broker_up and all(p.poll() is None for p in processes)
 
@@ -60,6 +62,8 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         LEDGER_EMBEDDED_PORT=str(settings.embedded_port),
         LEDGER_MIRROR_INTERVAL_S=str(settings.mirror_interval_s),
         LEDGER_REPLICATION_FACTOR=str(settings.replication_factor),
+        LEDGER_SQL_INTERVAL_S=str(settings.sql_interval_s),
+        LEDGER_SQL_CACHE_STATES=str(settings.sql_cache_states),
     )
     for name, value in (
         ("LEDGER_CLOCK", settings.clock),
@@ -67,6 +71,7 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         ("LEDGER_POLICY_FILE", settings.policy_file),
         ("LEDGER_TEMPLATES_DIR", settings.templates_dir),
         ("LEDGER_MIN_INSYNC_REPLICAS", settings.min_insync_replicas),
+        ("LEDGER_SQL_URL", settings.sql_url),
     ):
         if value is not None:
             env[name] = str(value)
@@ -111,7 +116,7 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
 
 
 PIDS_FILE = "running.json"
-STOP_ORDER = ("api", "worker", "mirror", "broker")  # readers and writers first, broker last
+STOP_ORDER = ("api", "sql", "worker", "mirror", "broker")  # readers and writers first, broker last
 
 
 def _alive(pid: int, marker: str) -> bool:
@@ -128,6 +133,7 @@ MARKERS = {
     "api": "ledger.api",
     "worker": "-m workers",
     "mirror": "workers.mirror",
+    "sql": "workers.sql",
     "broker": "broker",
 }
 
@@ -204,7 +210,8 @@ def running_ledger(settings: Settings, quiet: bool = False) -> Iterator[Running]
     """
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    log_of = {n: data_dir / f"{n}.log" if quiet else None for n in ("worker", "api", "mirror")}
+    names = ("worker", "api", "mirror", "sql")
+    log_of = {n: data_dir / f"{n}.log" if quiet else None for n in names}
     with contextlib.ExitStack() as stack:
         broker = None
         restored = None
@@ -240,8 +247,10 @@ def running_ledger(settings: Settings, quiet: bool = False) -> Iterator[Running]
         stack.callback(lambda: stop_process(worker, grace()))
         api = start_api(settings, bootstrap, log_of["api"])
         stack.callback(lambda: stop_process(api, grace()))
-        pids.update(worker=worker.pid, api=api.pid)
+        sql = start_module("workers.sql", settings, bootstrap, log_of["sql"])
+        stack.callback(lambda: stop_process(sql, grace()))
+        pids.update(worker=worker.pid, api=api.pid, sql=sql.pid)
         _write_pids(data_dir, pids)
         stack.callback((data_dir / PIDS_FILE).unlink, missing_ok=True)
         logs = [p for p in log_of.values() if p is not None]
-        yield Running(bootstrap, worker, api, broker, logs, restored, mirror)
+        yield Running(bootstrap, worker, api, broker, logs, restored, mirror, sql)
