@@ -35,7 +35,14 @@ from events import InvalidEvent, decode_recorded
 from ledger.adapters.config import Settings
 from ledger.adapters.kafka import ensure_ledger_topics
 from ledger.adapters.process import configure_process
-from ledger.adapters.sql import Changes, Offsets, SqlError, SqlStore, StaleOffsets, open_store
+from ledger.adapters.sql import (
+    Changes,
+    Offsets,
+    SqlStore,
+    StaleOffsets,
+    open_store,
+    unavailable_errors,
+)  # fmt: skip
 from ledger.adapters.topics import Topics
 from ledger.rules.policy import Policy, load_policy
 from projections.state import CustomerState, RequestState, apply_customer, apply_request
@@ -288,29 +295,34 @@ async def rebuild(settings: Settings, bootstrap: str, store: SqlStore) -> int:
 
 
 async def run_writer(settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
-    """Until `stop`; through a broker outage it retries, as the mirror does."""
-    store = open_store(settings.sql_url, settings.data_dir)
-    down = False
-    try:
-        while not stop.is_set():
-            writer = None
-            try:
-                writer = await SqlWriter(settings, bootstrap, store).start()
-                if down:
-                    log.warning("the broker answers again; the SQL tables catch up")
-                    down = False
-                await writer.run(stop)
-            except (KafkaError, OSError) as exc:
-                if not down:
-                    log.warning("cannot reach the broker (%r); the SQL writer waits", exc)
-                    down = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0)
-            finally:
-                if writer is not None:
-                    await writer.stop()
-    finally:
-        store.close()
+    """Until `stop`. Through a broker outage, or a SQL store that is away (PostgreSQL
+    down, DuckDB's file held by a long reader), it waits and starts again from the offsets
+    stored with the rows, logging one line when the trouble begins and one when it ends:
+    the SQL tables are a projection, and their store never stops the ledger."""
+    away: str | None = None
+    unavailable = (KafkaError, OSError, *unavailable_errors())
+    while not stop.is_set():
+        store: SqlStore | None = None
+        writer = None
+        try:
+            store = open_store(settings.sql_url, settings.data_dir)
+            writer = await SqlWriter(settings, bootstrap, store).start()
+            if away is not None:
+                log.warning("the %s answers again; the SQL tables catch up", away)
+                away = None
+            await writer.run(stop)
+        except unavailable as exc:
+            what = "broker" if isinstance(exc, KafkaError | OSError) else "SQL store"
+            if away is None:
+                log.warning("the %s is away (%s); the SQL writer tries again", what, exc)
+                away = what
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+        finally:
+            if writer is not None:
+                await writer.stop()
+            if store is not None:
+                store.close()
 
 
 def main() -> None:
@@ -328,11 +340,7 @@ def main() -> None:
                 loop.add_signal_handler(sig, stop.set)
         await run_writer(settings, bootstrap, stop)
 
-    try:
-        asyncio.run(run())
-    except SqlError as exc:
-        log.error("the SQL writer stopped: %s", exc)
-        raise SystemExit(1) from None
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

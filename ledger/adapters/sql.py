@@ -516,6 +516,15 @@ def _safe(url: str) -> str:
     return url
 
 
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What a store that is away (PostgreSQL down, DuckDB's file held by a long reader)
+    raises: the writer waits and tries again rather than stop the ledger."""
+    import duckdb
+    import psycopg
+
+    return (SqlError, psycopg.OperationalError, psycopg.InterfaceError, duckdb.IOException)
+
+
 def open_store(sql_url: str | None, data_dir: Path) -> SqlStore:
     """PostgreSQL when `LEDGER_SQL_URL` is set, else the DuckDB file under the data dir."""
     if sql_url:

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from events import FieldError, from_mapping
 from events.codec import subject_of
+from ledger.adapters.broker import free_port
 from ledger.adapters.config import Settings
 from ledger.adapters.publisher import Publisher
 from ledger.adapters.sql import DuckStore, PostgresStore, SqlStore, WriteRefused, duckdb_path
@@ -444,3 +445,23 @@ def test_tables_of_another_log_are_rebuilt(settings: Settings) -> None:
     asyncio.run(resume())
     ids = {i for (i,) in store.query("SELECT event_id FROM events")[1]}
     assert ids == {e["event_id"] for e in second}
+
+
+def test_a_sql_store_that_is_away_does_not_stop_the_writer(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """PostgreSQL down: the writer waits and says so once, and never exits (a projection's
+    store must not stop the ledger); it stops cleanly when asked."""
+    away = settings.model_copy(
+        update={"sql_url": f"postgresql://ledger@127.0.0.1:{free_port()}/postgres"}
+    )
+    log = tmp_path / "sql-writer.log"
+    writer = start_writer(away, log)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            writer.wait(6)
+        text = log.read_text()
+        assert text.count("the SQL store is away") == 1, text
+    finally:
+        stop_process(writer)
+    assert writer.returncode == 0, log.read_text()
