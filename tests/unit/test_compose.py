@@ -76,7 +76,7 @@ def test_ledger_services_run_real_modules_with_real_settings(env_name: str, node
     doc = compose(env)
     services = active(doc, set(env["COMPOSE_PROFILES"].split(",")))
     fields = {f"LEDGER_{name.upper()}": name for name in Settings.model_fields}
-    for name in ("worker", "api"):
+    for name in ("worker", "api", "sql"):
         service = services[name]
         command = service["command"]
         assert command[:2] == ["python", "-m"]
@@ -103,3 +103,10 @@ def test_ledger_services_run_real_modules_with_real_settings(env_name: str, node
     assert f"{api.api_port}:{api.api_port}" in services["api"]["ports"]
     worker = services["worker"]
     assert "ports" not in worker and "container_name" not in worker  # --scale worker=N
+    sql = Settings(**{fields[k]: v for k, v in services["sql"]["environment"].items()})
+    assert sql.sql_url is not None
+    where = urlsplit(sql.sql_url)
+    postgres = services[str(where.hostname)]["environment"]
+    assert (where.username, where.password, where.path) == (
+        postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], "/" + postgres["POSTGRES_DB"],
+    )  # fmt: skip
