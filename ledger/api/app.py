@@ -8,6 +8,7 @@ give the same answers whichever workers own which partitions.
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import hmac
 import io
@@ -32,6 +33,7 @@ from ledger.api.openapi import (
     LATEST,
     MAX_BODY_BYTES,
     MAX_DAYS,
+    MAX_LIMIT,
     STAGES,
     document,
 )
@@ -65,8 +67,11 @@ class Problem(web.HTTPException):
         super().__init__(body=body, content_type="application/json", headers=headers)
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(payload), status=status, content_type="application/json",
+        headers=headers,
+    )  # fmt: skip
 
 
 def _cell(value: Any) -> Any:
@@ -95,10 +100,145 @@ def _wants_csv(request: web.Request) -> bool:
     return "text/csv" in request.headers.get("Accept", "")
 
 
-def _listing(request: web.Request, rows: list[dict[str, Any]], columns: list[str]) -> web.Response:
+CSV_CHUNK = 2_000  # rows per write: other requests get their turn between chunks
+Key = Callable[[dict[str, Any]], tuple[Any, ...]]
+PAGING = ("limit", "cursor")
+
+
+def _query_of(request: web.Request) -> str:
+    """What a cursor is bound to: the route and its filters (not the page or format)."""
+    kept = sorted((k, v) for k, v in request.query.items() if k not in (*PAGING, "format", "as_of"))
+    return request.path + "?" + "&".join(f"{k}={v}" for k, v in kept)
+
+
+def _cursor(request: web.Request) -> dict[str, Any] | None:
+    """The decoded `cursor` parameter (None: a first page or no paging)."""
+    raw = request.query.get("cursor")
+    if raw is None:
+        return None
+    not_ours = Problem(422, "invalid_parameter", {"cursor": "not a cursor this API gave"})
+    try:
+        cursor = orjson.loads(base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise not_ours from None
+    if not (
+        isinstance(cursor, dict)
+        and isinstance(cursor.get("after"), list)
+        and isinstance(cursor.get("as_of"), str)
+        and isinstance(cursor.get("limit"), int)
+        and 1 <= cursor["limit"] <= MAX_LIMIT
+    ):
+        raise not_ours
+    if cursor.get("query") != _query_of(request):
+        raise Problem(
+            422, "invalid_parameter",
+            {"cursor": "belongs to another list or other filters: start again without it"},
+        )  # fmt: skip
+    return cursor
+
+
+def _limit(request: web.Request, cursor: dict[str, Any] | None) -> int | None:
+    raw = request.query.get("limit")
+    if raw is None:
+        return int(cursor["limit"]) if cursor is not None else None
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise Problem(422, "invalid_parameter", {"limit": "must be an integer"}) from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Problem(422, "invalid_parameter", {"limit": f"must be between 1 and {MAX_LIMIT}"})
+    return limit
+
+
+async def _listing(
+    request: web.Request,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    key: Key,
+    as_of: datetime,
+    newest_first: bool = False,
+) -> web.StreamResponse:
+    """A list, whole (a JSON array, as before) or one page of it: with `limit` (and then
+    `cursor`), `{items, total, next_cursor, as_of}`. Rows are in `key` order (descending
+    with `newest_first`); a cursor holds the last row's key and the instant of the first
+    page, so the pages of one walk are of the same list as of the same instant."""
+    cursor = _cursor(request)
+    limit = _limit(request, cursor)
+    headers: dict[str, str] = {}
+    page = rows
+    paged: dict[str, Any] | None = None
+    if limit is not None:
+        start = 0
+        if cursor is not None:
+            after = _tuple(cursor["after"])
+            start = len(rows)
+            try:
+                for i, row in enumerate(rows):
+                    k = key(row)
+                    if (k < after) if newest_first else (k > after):
+                        start = i
+                        break
+            except TypeError:  # a key of another shape: not from this list
+                raise Problem(
+                    422, "invalid_parameter", {"cursor": "not a cursor of this list"}
+                ) from None
+        page = rows[start : start + limit]
+        next_cursor = None
+        if start + limit < len(rows):
+            token = {"as_of": as_of.isoformat(), "after": list(key(page[-1])),
+                     "query": _query_of(request), "limit": limit}  # fmt: skip
+            next_cursor = base64.urlsafe_b64encode(orjson.dumps(token)).decode().rstrip("=")
+            headers["X-Next-Cursor"] = next_cursor
+        headers["X-Total-Count"] = str(len(rows))
+        paged = {"items": page, "total": len(rows), "next_cursor": next_cursor,
+                 "as_of": as_of.isoformat()}  # fmt: skip
     if _wants_csv(request):
-        return web.Response(text=to_csv(rows, columns), content_type="text/csv")
-    return _json(rows)
+        return await _stream_csv(request, page, columns, headers)
+    return _json(paged if paged is not None else page, headers=headers)
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(_tuple(v) if isinstance(v, list) else v for v in value)
+
+
+async def _stream_csv(
+    request: web.Request, rows: list[dict[str, Any]], columns: list[str], headers: dict[str, str]
+) -> web.StreamResponse:
+    """CSV written in chunks, the event loop free for other requests between them."""
+    response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8", **headers})
+    await response.prepare(request)
+    await response.write(to_csv([], columns).encode())
+    for start in range(0, len(rows), CSV_CHUNK):
+        chunk = to_csv(rows[start : start + CSV_CHUNK], columns).split("\n", 1)[1]
+        await response.write(chunk.encode())
+        await asyncio.sleep(0)
+    await response.write_eof()
+    return response
+
+
+# each list's order (CONTRACT 5), as a key: a cursor continues after the last row's key
+def _pipeline_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["opened_at"], r["request_id"])
+
+
+def _overdue_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (-r["days_overdue"], r["request_id"], r["reason"])
+
+
+def _abuse_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (not r["flagged"], -r["severity_score"], r["customer_id"])
+
+
+def _partner_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (not r["at_risk"], r["partner_id"])
+
+
+def _alert_key(r: dict[str, Any]) -> tuple[Any, ...]:  # newest first: descending
+    return (str(r.get("raised_at", "")), str(r.get("alert_id", "")))
+
+
+def _held_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["held_since"], r["inbox_partition"], r["inbox_offset"])
 
 
 class Api:
@@ -115,7 +255,16 @@ class Api:
         return datetime.now(UTC)
 
     def as_of(self, request: web.Request) -> datetime:
+        """`as_of`, or now; on the next pages of a list, the first page's instant."""
         raw = request.query.get("as_of")
+        cursor = _cursor(request)
+        if cursor is not None:
+            pinned = parse_instant(str(cursor["as_of"]), "cursor")
+            if raw is not None and parse_instant(raw, "as_of") != pinned:
+                raise Problem(
+                    422, "invalid_parameter", {"as_of": "differs from the cursor's instant"}
+                )
+            return pinned
         return self.now() if raw is None else parse_instant(raw, "as_of")
 
     # -- routes --------------------------------------------------------------------
@@ -144,22 +293,24 @@ class Api:
             status=503 if down else 200,
         )
 
-    async def pipeline(self, request: web.Request) -> web.Response:
+    async def pipeline(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         stage = q.get("stage")
         if stage is not None and stage not in STAGES:
             raise Problem(422, "invalid_parameter", {"stage": "must be intake or scored"})
-        rows = views.pipeline(
+        as_of = self.as_of(request)
+        rows = await asyncio.to_thread(
+            views.pipeline,
             request.app[READ_MODEL].requests(),
-            self.as_of(request),
+            as_of,
             self.policy,
             owner=q.get("owner"),
             kind=q.get("kind"),
             stage=stage,
         )
-        return _listing(request, rows, PIPELINE_COLUMNS)
+        return await _listing(request, rows, PIPELINE_COLUMNS, _pipeline_key, as_of)
 
-    async def overdue(self, request: web.Request) -> web.Response:
+    async def overdue(self, request: web.Request) -> web.StreamResponse:
         days = None
         if "days" in request.query:
             try:
@@ -170,16 +321,18 @@ class Api:
                 raise Problem(
                     422, "invalid_parameter", {"days": f"must be between 0 and {MAX_DAYS}"}
                 )
-        rows = views.overdue(
+        as_of = self.as_of(request)
+        rows = await asyncio.to_thread(
+            views.overdue,
             request.app[READ_MODEL].requests(),
-            self.as_of(request),
+            as_of,
             self.policy,
             days=days if days is not None else self.settings.overdue_days,
             unit=self.settings.overdue_unit,
         )
-        return _listing(request, rows, OVERDUE_COLUMNS)
+        return await _listing(request, rows, OVERDUE_COLUMNS, _overdue_key, as_of)
 
-    async def abuse(self, request: web.Request) -> web.Response:
+    async def abuse(self, request: web.Request) -> web.StreamResponse:
         raw = request.query.get("flagged")
         flagged = None
         if raw is not None:
@@ -187,8 +340,9 @@ class Api:
                 raise Problem(422, "invalid_parameter", {"flagged": "must be true or false"})
             flagged = raw == "true"
         model = request.app[READ_MODEL]
-        rows = views.abuse(model.customers(), self.as_of(request), self.policy, flagged)
-        return _listing(request, rows, ABUSE_COLUMNS)
+        as_of = self.as_of(request)
+        rows = await asyncio.to_thread(views.abuse, model.customers(), as_of, self.policy, flagged)
+        return await _listing(request, rows, ABUSE_COLUMNS, _abuse_key, as_of)
 
     async def report(self, request: web.Request) -> web.Response:
         month = request.query.get("month")
@@ -215,7 +369,7 @@ class Api:
         page = await asyncio.to_thread(report_pages.html, figures)  # charts take ~0.3 s
         return web.Response(text=page, content_type="text/html")
 
-    async def partners(self, request: web.Request) -> web.Response:
+    async def partners(self, request: web.Request) -> web.StreamResponse:
         raw = request.query.get("at_risk")
         at_risk = None
         if raw is not None:
@@ -223,10 +377,12 @@ class Api:
                 raise Problem(422, "invalid_parameter", {"at_risk": "must be true or false"})
             at_risk = raw == "true"
         model = request.app[READ_MODEL]
-        rows = partner_views.partners(
-            model.requests(), model.customers(), self.as_of(request), self.policy, at_risk
-        )
-        return _listing(request, rows, PARTNER_COLUMNS)
+        as_of = self.as_of(request)
+        rows = await asyncio.to_thread(
+            partner_views.partners, model.requests(), model.customers(), as_of, self.policy,
+            at_risk,
+        )  # fmt: skip
+        return await _listing(request, rows, PARTNER_COLUMNS, _partner_key, as_of)
 
     async def partner(self, request: web.Request) -> web.Response:
         partner_id = request.match_info["partner_id"]
@@ -292,17 +448,17 @@ class Api:
             return web.Response(text=to_csv([row]), content_type="text/csv")
         return _json(row)
 
-    async def alerts(self, request: web.Request) -> web.Response:
+    async def alerts(self, request: web.Request) -> web.StreamResponse:
         rows = request.app[READ_MODEL].recent_alerts(self.settings.webhooks())
-        if "as_of" in request.query:  # only alerts raised by then
-            as_of = self.as_of(request)
+        as_of = self.as_of(request)
+        if "as_of" in request.query or "cursor" in request.query:  # only those raised by then
             rows = [r for r in rows if datetime.fromisoformat(r["raised_at"]) <= as_of]
         if "kind" in request.query:
             rows = [r for r in rows if r["kind"] == request.query["kind"]]
         columns = ["alert_id", "kind", "subject_id", "raised_at", "details", "deliveries"]
-        return _listing(request, rows, columns)
+        return await _listing(request, rows, columns, _alert_key, as_of, newest_first=True)
 
-    async def held(self, request: web.Request) -> web.Response:
+    async def held(self, request: web.Request) -> web.StreamResponse:
         """Events held for an earlier event of their subject, oldest first, with their age."""
         now = self.as_of(request)
         rows = []
@@ -322,8 +478,8 @@ class Api:
                     "age_s": round(max(0.0, (now - since).total_seconds()), 1),
                 }
             )
-        rows.sort(key=lambda r: (r["held_since"], r["inbox_partition"], r["inbox_offset"]))
-        return _listing(request, rows, HELD_COLUMNS)
+        rows.sort(key=_held_key)
+        return await _listing(request, rows, HELD_COLUMNS, _held_key, now)
 
     async def post_events(self, request: web.Request) -> web.Response:
         body = await request.read()

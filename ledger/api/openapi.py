@@ -39,6 +39,17 @@ AS_OF = _param(
     "RFC 3339 with an offset, between 1900 and 2999 (default now): the ledger as it stood then",
 )
 FORMAT = _param("format", {"type": "string", "enum": list(FORMATS)}, "json (default) or csv")
+MAX_LIMIT = 10_000
+LIMIT = _param(
+    "limit",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    "a page of at most this many rows: the answer is then {items, total, next_cursor, as_of}",
+)
+CURSOR = _param(
+    "cursor",
+    {"type": "string"},
+    "the previous page's next_cursor: the next rows of the same list, as of the same instant",
+)
 PARAMETERS: dict[str, list[Any]] = {
     "/pipeline": [
         _param("owner", {"type": "string"}, "only this owner's requests"),
@@ -307,7 +318,20 @@ def _problem(description: str) -> dict[str, Any]:
 def _get(
     summary: str, shape: type[BaseModel], many: bool = False, found: bool = False, csv: bool = True
 ) -> dict[str, Any]:
-    schema = {"type": "array", "items": _ref(shape)} if many else _ref(shape)
+    schema: dict[str, Any] = _ref(shape)
+    if many:
+        rows = {"type": "array", "items": _ref(shape)}
+        page = {
+            "type": "object",
+            "required": ["items", "total", "next_cursor", "as_of"],
+            "properties": {
+                "items": rows,
+                "total": {"type": "integer", "minimum": 0},
+                "next_cursor": {"type": ["string", "null"]},
+                "as_of": {"type": "string", "format": "date-time"},
+            },
+        }
+        schema = {"anyOf": [rows, page]}  # the whole list, or a page of it (`limit`)
     content = _json(schema)
     if csv:
         content["text/csv"] = {"schema": {"type": "string"}}
@@ -354,7 +378,8 @@ def document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for path, (summary, shape, many, found) in ROUTES.items():
         operation = _get(summary, shape, many, found)
-        operation["parameters"] = [*PARAMETERS.get(path, []), AS_OF, FORMAT]
+        paging = [LIMIT, CURSOR] if many else []
+        operation["parameters"] = [*PARAMETERS.get(path, []), AS_OF, FORMAT, *paging]
         paths[path] = {"get": operation}
     message = _get("the message to send with the request's latest decision", Message, csv=False)
     message["responses"]["200"]["content"]["text/plain"] = {"schema": {"type": "string"}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import csv
 import io
@@ -79,6 +80,20 @@ async def wait_folded(
 def subject(event: dict[str, Any]) -> str:
     data = event["data"]
     return str(data["customer_id"] if event["type"] == "escalation" else data["request_id"])
+
+
+async def walk(settings: Settings, path: str, limit: int) -> list[Any]:
+    """Every row of a list, page by page; each page says the same total."""
+    sep = "&" if "?" in path else "?"
+    page = await get_json(settings, f"{path}{sep}limit={limit}")
+    items, total = list(page["items"]), page["total"]
+    while page["next_cursor"] is not None:
+        assert len(page["items"]) == limit
+        page = await get_json(settings, f"{path}{sep}cursor={page['next_cursor']}")
+        assert page["total"] == total
+        items.extend(page["items"])
+    assert len(items) == total
+    return items
 
 
 def rows_of_csv(text: str) -> list[dict[str, str]]:
@@ -197,6 +212,40 @@ async def test_every_route_answers_the_fold_of_the_log(
     )
     flagged = [r for r in abuse(folded.customers.values(), AS_OF, POLICY) if r["flagged"]]
     assert flagged and await get_json(settings, "/customers/abuse?flagged=true") == jsonish(flagged)
+
+    # pages: walked with limit and cursor, they are the whole list, as of the first page
+    for path, whole in (
+        ("/pipeline?owner=a.lindqvist", pipeline(requests, AS_OF, POLICY, owner="a.lindqvist")),
+        ("/overdue?days=5", overdue(requests, AS_OF, POLICY, days=5)),
+        ("/customers/abuse", abuse(customers, AS_OF, POLICY)),
+        ("/partners", everyone),
+    ):
+        assert len(whole) > 3, path
+        assert await walk(settings, path, 3) == jsonish(whole), path
+    alerts_whole = await get_json(settings, "/alerts")
+    assert await walk(settings, "/alerts", 50) == alerts_whole
+    first = await get_json(settings, "/pipeline?limit=3")
+    assert first["total"] == len(pipeline(requests, AS_OF, POLICY))
+    assert first["as_of"] == AS_OF.isoformat() and len(first["items"]) == 3
+    csv_page = await get(settings, f"/pipeline?format=csv&limit=3&cursor={first['next_cursor']}")
+    assert csv_page.headers["X-Total-Count"] == str(first["total"])
+    assert [r["request_id"] for r in rows_of_csv(await csv_page.text())] == [
+        r["request_id"] for r in pipeline(requests, AS_OF, POLICY)[3:6]
+    ]
+    crafted = base64.urlsafe_b64encode(
+        orjson.dumps({"as_of": AS_OF.isoformat(), "after": [1, 2], "query": "/pipeline?",
+                      "limit": 5})
+    ).decode()  # fmt: skip
+    for bad in (
+        "/pipeline?limit=0", "/pipeline?limit=x", f"/pipeline?limit={10**6}",
+        "/pipeline?cursor=garbage", f"/overdue?cursor={first['next_cursor']}",
+        f"/pipeline?owner=m.okafor&cursor={first['next_cursor']}",
+        f"/pipeline?as_of=2026-03-01T00:00:00%2B00:00&cursor={first['next_cursor']}",
+        f"/pipeline?cursor={crafted}",
+    ):  # fmt: skip
+        refused = await get(settings, bad)
+        assert refused.status == 422, bad
+        assert set(orjson.loads(await refused.read())["detail"]) & {"limit", "cursor", "as_of"}
 
     # CSV, by query parameter and by Accept header
     csv_pipeline = await get(settings, "/pipeline?format=csv")
