@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from events import AnyEvent
 from ledger.adapters.config import Settings
 from ledger.adapters.reader import collect
+from ledger.adapters.sql import DuckStore
 from ledger.adapters.topics import Topics
 from ledger.entrypoints.cli import app
 from ledger.entrypoints.demo import DEMO_CLOCK, demo_messages
@@ -113,3 +114,9 @@ def test_demo_shows_the_four_views_and_the_alerts_its_history_raises(tmp_path: P
     assert f"alerts raised: {len(expected)} of the {len(expected)}" in out
     for customer in flagged:
         assert customer in out
+    # the SQL tables it leaves: every accepted event once, every alert, a file to open
+    assert f"SQL tables: {tmp_path / 'ledger.duckdb'} ({len(events)} events" in out
+    store = DuckStore(tmp_path / "ledger.duckdb")
+    [(rows, distinct)] = store.query("SELECT count(*), count(DISTINCT event_id) FROM events")[1]
+    assert rows == distinct == len(events)
+    assert store.query("SELECT count(*) FROM alerts")[1] == [(len(expected),)]

@@ -220,6 +220,12 @@ async def test_ctrl_c_then_up_again_keeps_everything(ledger: Ledger, receiver: R
         await asyncio.sleep(0.5)
     before = await views(ledger)
     assert all_delivered(before["/alerts"])
+    for _ in range(60):  # the SQL writer's lag is on /health once it has run
+        backlog = (await get_json(ledger.settings, "/health"))["stream"]["backlog"]
+        if backlog.get("sql") == 0:
+            break
+        await asyncio.sleep(0.5)
+    assert backlog.get("sql") == 0, backlog
 
     assert ledger.process is not None
     os.killpg(ledger.process.pid, signal.SIGINT)  # Ctrl-C in the terminal
