@@ -2,6 +2,10 @@
 on embedded Tansu.
 
     python -m bench.pipeline [--events N] [--mode live|backlog|both] [--workers K]
+                             [--layout split|single]
+
+split:   what `ledger up` runs: the validator and the projector in two processes (K of each)
+single:  K `python -m workers` processes each running both stages (the layout before)
 
 live:    the worker and the API are up and warm (a warm-up event went all the way through);
          the clock starts when publishing starts and stops when the API's read model has
@@ -23,6 +27,7 @@ import time
 import urllib.error
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -32,7 +37,7 @@ from ledger.adapters.publisher import Publisher
 from ledger.adapters.reader import collect
 from ledger.adapters.topics import Topics
 from ledger.entrypoints.query import QueryError, fetch
-from ledger.entrypoints.runner import start_api, start_worker, stop_process
+from ledger.entrypoints.runner import start_api, start_stages, start_worker, stop_process
 
 
 def history(events: int, tag: str) -> list[tuple[bytes, bytes]]:
@@ -93,10 +98,18 @@ def report(label: str, n: int, started: float, at: float) -> None:
     print(f"  {label:<34} {took:6.2f} s  {n / took:>9,.0f} events/s")
 
 
+def start_workers(
+    settings: Settings, bootstrap: str, log: Path, workers: int, layout: str
+) -> list[Any]:
+    if layout == "single":
+        return [start_worker(settings, bootstrap, log) for _ in range(workers)]
+    return [p for _ in range(workers) for p in start_stages(settings, bootstrap, (log, log))]
+
+
 async def live(
-    settings: Settings, bootstrap: str, events: int, log: Path, workers: int = 1
+    settings: Settings, bootstrap: str, events: int, log: Path, workers: int, layout: str
 ) -> None:
-    started_workers = [start_worker(settings, bootstrap, log) for _ in range(workers)]
+    started_workers = start_workers(settings, bootstrap, log, workers, layout)
     api = start_api(settings, bootstrap, log)
     try:
         await publish(settings, bootstrap, history(3, "warm"))
@@ -117,14 +130,14 @@ async def live(
 
 
 async def backlog(
-    settings: Settings, bootstrap: str, events: int, log: Path, workers: int = 1
+    settings: Settings, bootstrap: str, events: int, log: Path, workers: int, layout: str
 ) -> None:
     messages = history(events, "backlog")
     print(f"backlog: {len(messages):,} events waiting, then the worker starts")
     api = start_api(settings, bootstrap, log)
     await publish(settings, bootstrap, messages)
     started = time.perf_counter()
-    started_workers = [start_worker(settings, bootstrap, log) for _ in range(workers)]
+    started_workers = start_workers(settings, bootstrap, log, workers, layout)
     try:
         judging = asyncio.create_task(judged(settings, bootstrap, len(messages)))
         done = await wait_folded(settings, len(messages))
@@ -141,6 +154,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--mode", choices=("live", "backlog", "both"), default="both")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--layout", choices=("split", "single"), default="split")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         for mode in ("live", "backlog") if args.mode == "both" else (args.mode,):
@@ -155,7 +169,9 @@ def main() -> None:
             )
             run = live if mode == "live" else backlog
             log = Path(tmp) / f"{mode}.log"
-            asyncio.run(run(settings, broker.bootstrap, args.events, log, args.workers))
+            asyncio.run(
+                run(settings, broker.bootstrap, args.events, log, args.workers, args.layout)
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """One worker process: the validator, the projector (with its alert timer) and the webhook
 dispatchers, on one producer, until SIGTERM or SIGINT. Start several with the same
-settings and they share the partitions."""
+settings and they share the partitions. `LEDGER_WORKER_ROLE=validator|projector` runs one
+stage only (`ledger up` runs one process of each, so each stage has a core)."""
 
 from __future__ import annotations
 
@@ -93,9 +94,13 @@ async def run_worker(
     await producer.start()
     tables: list[Table] = []
     try:
-        projector = Projector(settings, producer)
-        validator = Validator(settings, bootstrap, producer)
-        processors: list[Processor] = [*validator.processors, projector.processor]
+        role = settings.worker_role
+        projector = Projector(settings, producer) if role in ("all", "projector") else None
+        validator = Validator(settings, bootstrap, producer) if role != "projector" else None
+        processors: list[Processor] = [
+            *(validator.processors if validator else []),
+            *([projector.processor] if projector else []),
+        ]
         tables = [t for p in processors for t in p.tables]
         await ensure_topics(
             bootstrap,
@@ -109,11 +114,13 @@ async def run_worker(
             on_running()
         halt = asyncio.Event()  # this run's end: the process stops, or something failed
         tasks = [asyncio.create_task(p.run(settings, bootstrap, halt)) for p in processors]
-        tasks.append(asyncio.create_task(projector.run_timer(halt)))
-        tasks.append(asyncio.create_task(validator.expire_held(halt)))
-        dispatchers = [
+        if projector is not None:
+            tasks.append(asyncio.create_task(projector.run_timer(halt)))
+        if validator is not None:
+            tasks.append(asyncio.create_task(validator.expire_held(halt)))
+        dispatchers = [  # the webhooks go with the alerts: with the projector
             asyncio.create_task(Dispatcher(settings, bootstrap, url).run(halt))
-            for url in settings.webhooks()
+            for url in (settings.webhooks() if projector is not None else [])
         ]
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)

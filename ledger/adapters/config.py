@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     sql_cache_states: int = Field(5000, ge=0)
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int | None = Field(None, ge=1)
+    # what a `python -m workers` process runs: both stages (`all`), or one, so that the
+    # validator and the projector each have a core (`ledger up` starts one of each)
+    worker_role: Literal["all", "validator", "projector"] = "all"
     store: Literal["memory", "rocksdb"] = Field(
         "memory", description="table store of the workers; rocksdb needs `pip install rocksdict`"
     )

@@ -22,18 +22,19 @@ from ledger.adapters.durable import DurableStore, Restored, restore
 @dataclass
 class Running:
     bootstrap: str
-    worker: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]  # the validator (LEDGER_WORKER_ROLE=validator)
     api: subprocess.Popen[bytes]
     broker: EmbeddedBroker | None
     logs: list[Path] = field(default_factory=list)
     restored: Restored | None = None  # what the durable copy gave back at the start
     mirror: subprocess.Popen[bytes] | None = None  # keeps the durable copy
     sql: subprocess.Popen[bytes] | None = None  # the SQL projection's writer
+    projector: subprocess.Popen[bytes] | None = None  # LEDGER_WORKER_ROLE=projector
 
     def all_alive(self) -> bool:
         """Whether every process of the ledger still runs."""
         processes = [self.worker, self.api]
-        processes += [p for p in (self.mirror, self.sql) if p is not None]
+        processes += [p for p in (self.mirror, self.sql, self.projector) if p is not None]
         broker_up = self.broker is None or self.broker.running()
         return broker_up and all(p.poll() is None for p in processes)
 
@@ -63,6 +64,7 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         LEDGER_MIRROR_INTERVAL_S=str(settings.mirror_interval_s),
         LEDGER_REPLICATION_FACTOR=str(settings.replication_factor),
         LEDGER_SQL_INTERVAL_S=str(settings.sql_interval_s),
+        LEDGER_WORKER_ROLE=settings.worker_role,
         LEDGER_SQL_CACHE_STATES=str(settings.sql_cache_states),
     )
     for name, value in (
@@ -94,8 +96,20 @@ def start_module(
 def start_worker(
     settings: Settings, bootstrap: str, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """The stream workers (validator and projector): `python -m workers`."""
+    """The stream workers (validator and projector, or the one `settings.worker_role`
+    names): `python -m workers`."""
     return start_module("workers", settings, bootstrap, log)
+
+
+def start_stages(
+    settings: Settings, bootstrap: str, logs: tuple[Path | None, Path | None] = (None, None)
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """The validator and the projector, each in its own process (a core each)."""
+    validator = start_worker(settings.model_copy(update={"worker_role": "validator"}), bootstrap,
+                             logs[0])  # fmt: skip
+    projector = start_worker(settings.model_copy(update={"worker_role": "projector"}), bootstrap,
+                             logs[1])  # fmt: skip
+    return validator, projector
 
 
 def start_api(
@@ -116,7 +130,14 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
 
 
 PIDS_FILE = "running.json"
-STOP_ORDER = ("api", "sql", "worker", "mirror", "broker")  # readers and writers first, broker last
+STOP_ORDER = (
+    "api",
+    "sql",
+    "worker",
+    "projector",
+    "mirror",
+    "broker",
+)  # readers and writers first, broker last
 
 
 def _alive(pid: int, marker: str) -> bool:
@@ -132,6 +153,7 @@ MARKERS = {
     "runner": "ledger",
     "api": "ledger.api",
     "worker": "-m workers",
+    "projector": "-m workers",
     "mirror": "workers.mirror",
     "sql": "workers.sql",
     "broker": "broker",
@@ -210,7 +232,7 @@ def running_ledger(settings: Settings, quiet: bool = False) -> Iterator[Running]
     """
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    names = ("worker", "api", "mirror", "sql")
+    names = ("worker", "projector", "api", "mirror", "sql")
     log_of = {n: data_dir / f"{n}.log" if quiet else None for n in names}
     with contextlib.ExitStack() as stack:
         broker = None
@@ -243,14 +265,17 @@ def running_ledger(settings: Settings, quiet: bool = False) -> Iterator[Running]
                 mirror = start_module("workers.mirror", settings, bootstrap, log_of["mirror"])
                 stack.callback(lambda: stop_process(mirror, grace()))
                 pids["mirror"] = mirror.pid
-        worker = start_worker(settings, bootstrap, log_of["worker"])
+        worker, projector = start_stages(
+            settings, bootstrap, (log_of["worker"], log_of["projector"])
+        )
         stack.callback(lambda: stop_process(worker, grace()))
+        stack.callback(lambda: stop_process(projector, grace()))
         api = start_api(settings, bootstrap, log_of["api"])
         stack.callback(lambda: stop_process(api, grace()))
         sql = start_module("workers.sql", settings, bootstrap, log_of["sql"])
         stack.callback(lambda: stop_process(sql, grace()))
-        pids.update(worker=worker.pid, api=api.pid, sql=sql.pid)
+        pids.update(worker=worker.pid, projector=projector.pid, api=api.pid, sql=sql.pid)
         _write_pids(data_dir, pids)
         stack.callback((data_dir / PIDS_FILE).unlink, missing_ok=True)
         logs = [p for p in log_of.values() if p is not None]
-        yield Running(bootstrap, worker, api, broker, logs, restored, mirror, sql)
+        yield Running(bootstrap, worker, api, broker, logs, restored, mirror, sql, projector)

@@ -271,7 +271,7 @@ async def test_sigkill_of_everything_right_after_an_acknowledged_publish(
         )
         assert posted.status == 202, await posted.text()
     assert ledger.journaled() == len(events) - half
-    ledger.kill("runner", "broker", "worker", "api", "mirror")  # a power cut
+    ledger.kill("runner", "broker", "worker", "projector", "api", "mirror", "sql")  # power cut
     ledger.wait()
 
     ledger.up()
