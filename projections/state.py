@@ -2,7 +2,9 @@
 
 Each fold is `apply(state, event) -> state`: pure, total over the event union (an event
 of another kind leaves the state as it is), and idempotent by `event_id` (the state
-remembers the ids it has applied). States are frozen pydantic models, so a worker
+remembers the ids it has applied). The folds build their records with `_built`, without
+validation: every value comes from an event pydantic has already validated (at the edge,
+where the bytes came in), and validating it again was two thirds of the fold's time. States are frozen pydantic models, so a worker
 stores them as JSON (`model_dump_json`) and reads them back (`model_validate_json`);
 their instants carry a stdlib `timezone` (see `events.schema.Instant`).
 """
@@ -10,13 +12,14 @@ their instants carry a stdlib `timezone` (see `events.schema.Instant`).
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from events.schema import AnyEvent, Event, Instant, IntakeData, ScoreData
 
 PILOT_REVIEW_DEFAULT = timedelta(days=45)
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Frozen(BaseModel):
@@ -94,8 +97,43 @@ class CustomerState(_Frozen):
         )
 
 
+_NO_DEFAULT = object()
+
+
+def _defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """Every field, in declaration order, with its default (`_NO_DEFAULT`: required)."""
+    defaults = {}
+    for name, info in model.model_fields.items():
+        assert info.default_factory is None, name  # noqa: S101 - immutable defaults only
+        defaults[name] = _NO_DEFAULT if info.is_required() else info.default
+    return defaults
+
+
+_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {}
+
+
+def _built(model: type[M], **values: Any) -> M:
+    """`model(**values)` without validating them again: what pydantic's `model_construct`
+    does, less its per-call default handling (our defaults are immutable). Fields in
+    declaration order, so the JSON is byte for byte a validated model's."""
+    defaults = _DEFAULTS.get(model)
+    if defaults is None:
+        defaults = _DEFAULTS[model] = _defaults(model)
+    fields = {name: values.get(name, default) for name, default in defaults.items()}
+    missing = [name for name, value in fields.items() if value is _NO_DEFAULT]
+    unknown = values.keys() - defaults.keys()
+    if missing or unknown:
+        raise TypeError(f"{model.__name__}: missing {missing}, unknown {sorted(unknown)}")
+    built = model.__new__(model)
+    object.__setattr__(built, "__dict__", fields)
+    object.__setattr__(built, "__pydantic_fields_set__", set(values))
+    object.__setattr__(built, "__pydantic_extra__", None)
+    object.__setattr__(built, "__pydantic_private__", None)
+    return built
+
+
 def _entry(event: AnyEvent, summary: str) -> TimelineEntry:
-    return TimelineEntry(
+    return _built(TimelineEntry, 
         event_id=str(event.event_id),
         type=event.type,
         occurred_at=event.occurred_at,
@@ -136,7 +174,7 @@ def _apply_in_order(state: RequestState | None, event: AnyEvent) -> RequestState
             return state  # a second intake never passes the validator
         data = event.data
         opened = data.first_contact_at or event.occurred_at
-        return RequestState(
+        return _built(RequestState, 
             request_id=data.request_id,
             intake=data,
             opened_at=opened,
@@ -166,7 +204,7 @@ def _apply_in_order(state: RequestState | None, event: AnyEvent) -> RequestState
         review_on = None
         if d.pilot is not None:
             review_on = d.pilot.review_on or (event.occurred_at + PILOT_REVIEW_DEFAULT).date()
-        record = DecisionRecord(
+        record = _built(DecisionRecord, 
             event_id=event_id,
             occurred_at=event.occurred_at,
             outcome=d.outcome,
@@ -206,8 +244,8 @@ def apply_customer(state: CustomerState | None, event: AnyEvent) -> CustomerStat
     if state is not None and event_id in state.event_ids:
         return state
     e = event.data
-    state = state or CustomerState(customer_id=e.customer_id)
-    record = EscalationRecord(
+    state = state or _built(CustomerState, customer_id=e.customer_id)
+    record = _built(EscalationRecord, 
         event_id=event_id,
         occurred_at=event.occurred_at,
         partner_id=e.partner_id,
