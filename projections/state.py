@@ -4,8 +4,8 @@ Each fold is `apply(state, event) -> state`: pure, total over the event union (a
 of another kind leaves the state as it is), and idempotent by `event_id` (the state
 remembers the ids it has applied). The folds build their records with `_built`, without
 validation: every value comes from an event pydantic has already validated (at the edge,
-where the bytes came in), and validating it again was two thirds of the fold's time. States are frozen pydantic models, so a worker
-stores them as JSON (`model_dump_json`) and reads them back (`model_validate_json`);
+where the bytes came in), and validating again cost a quarter of the fold's time. States
+are frozen pydantic models, so a worker stores them as JSON (`model_dump_json`) and reads them back (`model_validate_json`);
 their instants carry a stdlib `timezone` (see `events.schema.Instant`).
 """
 
