@@ -6,7 +6,8 @@ remembers the ids it has applied). The folds build their records with `_built`, 
 validation: every value comes from an event pydantic has already validated (at the edge,
 where the bytes came in), and validating again cost a quarter of the fold's time. States
 are frozen pydantic models, so a worker stores them as JSON (`model_dump_json`) and
-reads them back (`model_validate_json`); their instants carry a stdlib `timezone` (see `events.schema.Instant`).
+reads them back (`model_validate_json`); their instants carry a stdlib `timezone` (see
+`events.schema.Instant`).
 """
 
 from __future__ import annotations
