@@ -134,7 +134,8 @@ def _built(model: type[M], **values: Any) -> M:
 
 
 def _entry(event: AnyEvent, summary: str) -> TimelineEntry:
-    return _built(TimelineEntry, 
+    return _built(
+        TimelineEntry,
         event_id=str(event.event_id),
         type=event.type,
         occurred_at=event.occurred_at,
@@ -175,7 +176,8 @@ def _apply_in_order(state: RequestState | None, event: AnyEvent) -> RequestState
             return state  # a second intake never passes the validator
         data = event.data
         opened = data.first_contact_at or event.occurred_at
-        return _built(RequestState, 
+        return _built(
+            RequestState,
             request_id=data.request_id,
             intake=data,
             opened_at=opened,
@@ -205,7 +207,8 @@ def _apply_in_order(state: RequestState | None, event: AnyEvent) -> RequestState
         review_on = None
         if d.pilot is not None:
             review_on = d.pilot.review_on or (event.occurred_at + PILOT_REVIEW_DEFAULT).date()
-        record = _built(DecisionRecord, 
+        record = _built(
+            DecisionRecord,
             event_id=event_id,
             occurred_at=event.occurred_at,
             outcome=d.outcome,
@@ -246,7 +249,8 @@ def apply_customer(state: CustomerState | None, event: AnyEvent) -> CustomerStat
         return state
     e = event.data
     state = state or _built(CustomerState, customer_id=e.customer_id)
-    record = _built(EscalationRecord, 
+    record = _built(
+        EscalationRecord,
         event_id=event_id,
         occurred_at=event.occurred_at,
         partner_id=e.partner_id,
