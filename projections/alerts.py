@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from events.schema import AnyEvent
@@ -26,7 +26,7 @@ from projections.state import (
     apply_request,
     request_as_of,
 )
-from projections.views import customer_pattern, overdue_reasons
+from projections.views import calendar_of, customer_pattern, overdue_reasons
 
 ALERT_NAMESPACE = uuid.UUID("a1e7a1e7-0000-4000-8000-00000000a1e7")
 Alert = dict[str, Any]
@@ -88,6 +88,42 @@ def customer_alerts(state: CustomerState, as_of: datetime, policy: Policy) -> li
             "details": {k: v for k, v in pattern.items() if k != "customer_id"},
         }
     ]
+
+
+JUST_AFTER = timedelta(microseconds=1)  # "overdue" holds strictly after a deadline
+
+
+def next_check(
+    state: RequestState | CustomerState, after: datetime, policy: Policy, days: int, unit: Unit
+) -> datetime | None:
+    """The earliest instant after `after` at which checking `state` (`request_alerts` or
+    `customer_alerts`) could find a crossing that checking it at `after` does not: when a
+    deadline of the state as known at `after` passes, or when a later-dated event of its
+    history comes into view. None: nothing can change without a new event. The alert
+    timer checks a state only then (a deadline index), not every state every tick."""
+    if isinstance(state, CustomerState):
+        return min((e.occurred_at for e in state.escalations if e.occurred_at > after),
+                   default=None)  # fmt: skip
+    candidates = [e.occurred_at for e in state.history if e.occurred_at > after]
+    view = request_as_of(state, after)
+    if view is not None:
+        cal = calendar_of(policy)
+        last = view.last_decision
+        if view.status == "open":
+            candidates.append(cal.deadline(view.clock_started_at, days, unit) + JUST_AFTER)
+        elif last is not None:
+            if last.outcome == "hold":
+                candidates.append(cal.deadline(last.occurred_at, days, unit) + JUST_AFTER)
+            if last.outcome in ("conditional_no", "hold") and last.revisit_on is not None:
+                candidates.append(_day_after(last.revisit_on, after))
+            if last.outcome == "provisional_yes" and last.review_on is not None:
+                candidates.append(_day_after(last.review_on, after))
+    return min((c for c in candidates if c > after), default=None)
+
+
+def _day_after(day: date, like: datetime) -> datetime:
+    """The first instant past `day`, in `like`'s offset (a date is due through its day)."""
+    return datetime.combine(day + timedelta(days=1), datetime.min.time(), like.tzinfo)
 
 
 def new_alerts(candidates: list[Alert], raised: set[str]) -> list[Alert]:

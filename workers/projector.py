@@ -8,8 +8,11 @@ event_id, so a redelivered batch (after a crash or a rebalance) changes nothing.
 Alerting (CONTRACT section 6) runs here too, on the states this worker owns:
 - on every event, the subject before the event and after it, as of the event's time
   (a request decided on day 12 had crossed its deadline on day 10);
-- on a timer (`LEDGER_ALERT_INTERVAL`), every owned state as of now (`LEDGER_CLOCK` or
-  the wall clock), for the partitions whose log has been handled to its end.
+- on a timer (`LEDGER_ALERT_INTERVAL`), as of now (`LEDGER_CLOCK` or the wall clock), the
+  owned states whose next deadline has come (`projections.alerts.next_check`, kept in a
+  heap as states fold: a deadline index), for the partitions whose log has been handled
+  to its end. A partition taken over (start-up, rebalance) has all its states checked at
+  the next tick once, as they have no deadline known yet.
 Each crossing has a stable `alert_id`; the ids already raised live in a changelogged
 table keyed by subject, so a restarted or rebalanced worker does not raise them again.
 """
@@ -17,8 +20,9 @@ table keyed by subject, so a restarted or rebalanced worker does not raise them 
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import orjson
@@ -30,7 +34,14 @@ from ledger.adapters.kafka import Outgoing
 from ledger.adapters.topics import Topics
 from ledger.rules.calendar import Unit
 from ledger.rules.policy import Policy, load_policy
-from projections.alerts import Alert, customer_alerts, event_alerts, new_alerts, request_alerts
+from projections.alerts import (
+    Alert,
+    customer_alerts,
+    event_alerts,
+    new_alerts,
+    next_check,
+    request_alerts,
+)  # fmt: skip
 from projections.state import CustomerState, RequestState, apply_customer, apply_request
 from workers.runtime import Processor, Table, make_table, send_all, write_tables
 
@@ -55,10 +66,18 @@ class Projector:
         self.days: int = settings.overdue_days
         self.unit: Unit = settings.overdue_unit
         self.stream_time: dict[int, datetime] = {}
+        self.due = DeadlineIndex()
         self.processor = Processor(
             "projector", self.topics.events, self.handle,
-            [self.requests, self.customers, self.raised],
+            [self.requests, self.customers, self.raised], on_assigned=self._taken_over,
         )  # fmt: skip
+
+    async def _taken_over(self, partitions: set[int]) -> None:
+        """States recovered for new partitions: each checked at the next tick."""
+        for table in (self.requests, self.customers):
+            for partition, key, _ in table.owned():
+                if partition in partitions:
+                    self.due.put(table is self.customers, key, EVER)
 
     # -- one batch -------------------------------------------------------------------
     async def handle(self, batch: list[Any]) -> None:
@@ -83,6 +102,7 @@ class Projector:
                     touched_customers[key] = folded_c
                     found = event_alerts(None, folded_c, when, self.policy, self.days, self.unit)
                     alerts.add(key, found)
+                    self._schedule(True, key, folded_c, when)
                 continue
             key = event.data.request_id.encode()
             request = touched_requests.get(key) or self.requests.get(key)
@@ -91,7 +111,13 @@ class Projector:
                 touched_requests[key] = folded_r
                 found = event_alerts(request, folded_r, when, self.policy, self.days, self.unit)
                 alerts.add(key, found)
+                self._schedule(False, key, folded_r, when)
         await self._write(alerts, touched_requests, touched_customers)
+
+    def _schedule(self, customer: bool, key: bytes, state: Any, after: datetime) -> None:
+        """Index the state's next deadline after `after` (None: none until a new event)."""
+        at = next_check(state, after, self.policy, self.days, self.unit)
+        self.due.put(customer, key, at)
 
     async def _write(
         self, alerts: _Raising, requests: dict[bytes, Any], customers: dict[bytes, Any]
@@ -114,23 +140,34 @@ class Projector:
         return seen is not None and now - seen <= REPLAY_LAG
 
     async def check(self) -> int:
-        """Raise what the owned states call for as of now; return how many were new.
+        """Raise what the due states call for as of now; return how many were new.
 
         A partition is judged as of now only once its log has been handled to the end
         (or its traffic is live): half-way through replaying history, a state is not
-        yet what it will be by "now", and would raise crossings that never happened.
+        yet what it will be by "now", and would raise crossings that never happened;
+        its due states wait for the next tick.
         """
         async with self.processor.lock:
             now = self.settings.now()
             ready = await self.processor.caught_up()
             alerts = _Raising(self.raised)
-            for partition, key, state in self.requests.owned():
-                if partition in ready or self.live(partition, now):
-                    found = request_alerts(state, now, self.policy, self.days, self.unit)
-                    alerts.add(key, found)
-            for partition, key, state in self.customers.owned():
-                if partition in ready or self.live(partition, now):
+            waiting = []
+            for customer, key in self.due.pop_due(now):
+                table = self.customers if customer else self.requests
+                state = table.get(key)
+                if state is None:  # its partition went to another worker
+                    continue
+                partition = table.partition_of[key]
+                if not (partition in ready or self.live(partition, now)):
+                    waiting.append((customer, key))
+                    continue
+                if customer:
                     alerts.add(key, customer_alerts(state, now, self.policy))
+                else:
+                    alerts.add(key, request_alerts(state, now, self.policy, self.days, self.unit))
+                self._schedule(customer, key, state, now)
+            for customer, key in waiting:
+                self.due.put(customer, key, EVER)
             if alerts.alerts:
                 await self._write(alerts, {}, {})
             return len(alerts.alerts)
@@ -141,6 +178,37 @@ class Projector:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.alert_interval)
             except TimeoutError:
                 await self.check()
+
+
+EVER = datetime.min.replace(tzinfo=UTC)  # due at once
+
+
+class DeadlineIndex:
+    """States by the instant they next need a check: a heap, stale entries skipped."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[datetime, bool, bytes]] = []
+        self._at: dict[tuple[bool, bytes], datetime] = {}
+
+    def put(self, customer: bool, key: bytes, at: datetime | None) -> None:
+        if at is None:
+            self._at.pop((customer, key), None)
+            return
+        if self._at.get((customer, key)) != at:
+            self._at[(customer, key)] = at
+            heapq.heappush(self._heap, (at, customer, key))
+
+    def pop_due(self, now: datetime) -> list[tuple[bool, bytes]]:
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            at, customer, key = heapq.heappop(self._heap)
+            if self._at.get((customer, key)) == at:  # not superseded by a later put
+                del self._at[(customer, key)]
+                due.append((customer, key))
+        return due
+
+    def __len__(self) -> int:
+        return len(self._at)
 
 
 class _Raising:

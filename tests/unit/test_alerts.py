@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from events import from_mapping
 from events.schema import AnyEvent
 from ledger.rules.policy import Policy
@@ -122,3 +124,47 @@ def test_customer_abuse_flagged_once_when_the_pattern_crosses() -> None:
     assert raised[next(iter(raised))]["details"]["reasons"] == ["2 partners fired (>= 2)"]
     customer = fold(log[:2]).customers["acme"]
     assert customer_alerts(customer, at("2026-04-01T00:00:00Z"), POLICY) == []
+
+
+@pytest.mark.parametrize(("unit", "clock"), [("calendar", "+00:00"), ("business", "+05:30")])
+def test_checking_only_when_next_check_says_finds_what_checking_every_tick_finds(
+    unit: str, clock: str
+) -> None:
+    """The alert timer's deadline index: a state checked only at `next_check` raises the
+    same alerts as one checked at every tick, ticks every 7 hours and at every deadline's
+    edge (where a check one microsecond early would find nothing)."""
+    from datetime import timedelta
+
+    from ledger.entrypoints.history import generate
+    from projections.alerts import next_check
+
+    until = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+    folded = fold(from_mapping(e) for e in generate(requests=120, until=until, seed=9))
+    tz = datetime.fromisoformat(f"2026-01-01T00:00:00{clock}").tzinfo
+    start = datetime(2025, 12, 1, tzinfo=tz)
+    ticks = [start + timedelta(hours=7 * i) for i in range(1, 900)]
+    edges = set()
+    for state in folded.requests.values():
+        t = start
+        while (t := next_check(state, t, POLICY, 10, unit)) is not None:  # type: ignore[arg-type]
+            edges.update((t, t - timedelta(microseconds=1)))
+    ticks = sorted({*ticks, *(e.astimezone(tz) for e in edges if e > start)})
+    compared = 0
+    for subject in [*folded.requests.values(), *folded.customers.values()]:
+
+        def check(at: datetime, s: Any = subject) -> set[str]:
+            if hasattr(s, "request_id"):
+                return {a["alert_id"] for a in request_alerts(s, at, POLICY, 10, unit)}  # type: ignore[arg-type]
+            return {a["alert_id"] for a in customer_alerts(s, at, POLICY)}
+
+        every_tick: set[str] = set()
+        indexed: set[str] = set()
+        due: datetime | None = start
+        for tick in ticks:
+            every_tick |= check(tick)
+            if due is not None and due <= tick:
+                indexed |= check(tick)
+                due = next_check(subject, tick, POLICY, 10, unit)  # type: ignore[arg-type]
+        assert indexed == every_tick, subject
+        compared += len(every_tick)
+    assert compared > 100  # the history crosses plenty of deadlines
