@@ -108,6 +108,9 @@ def up() -> None:
 
     settings = Settings()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C stops it, even when it inherited SIGINT ignored (a background job of a
+    # non-interactive shell, CI): its children stop on SIGINT whatever they inherited
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with running_ledger(settings) as running:
             where = "embedded Tansu" if running.broker else "LEDGER_BROKER"

@@ -81,6 +81,9 @@ class Ledger:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, like a terminal's job
+            # SIGINT ignored, as a background job of a non-interactive shell inherits it
+            # (CI): Ctrl-C to the group must still stop the ledger whole, exit code 0
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
         )
         return self.process
 
