@@ -104,8 +104,12 @@ def next_check(
     if isinstance(state, CustomerState):
         return min((e.occurred_at for e in state.escalations if e.occurred_at > after),
                    default=None)  # fmt: skip
-    candidates = [e.occurred_at for e in state.history if e.occurred_at > after]
-    view = request_as_of(state, after)
+    history = state.history  # in fold order: the intake, then by occurred_at
+    view: RequestState | None = state  # the usual case: nothing later-dated, O(1)
+    candidates: list[datetime] = []
+    if max(history[0].occurred_at, history[-1].occurred_at) > after:
+        candidates = [e.occurred_at for e in history if e.occurred_at > after]
+        view = request_as_of(state, after)
     if view is not None:
         cal = calendar_of(policy)
         last = view.last_decision
