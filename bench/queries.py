@@ -1,0 +1,144 @@
+"""Queries at scale (issue 11): the API's routes with 10 concurrent clients, and the peak
+memory of each process, on embedded Tansu.
+
+    python -m bench.queries [--requests 100000] [--clients 10]
+
+`--requests` requests of generated history (about 3.1 events each, 5 k customers at
+100 k) go through the whole ledger as `ledger up` runs it (a validator process, a
+projector process, the API); then each route is asked by `--clients` clients at once and
+its latency percentiles reported. The read model is checked against the pure fold of the
+log first (the decision metrics and the pipeline's total), never only timed. Peak RSS is
+each process's VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from bench.pipeline import wait_folded
+from events import from_mapping
+from events.codec import subject_of
+from ledger.adapters.broker import EmbeddedBroker, free_port
+from ledger.adapters.config import Settings
+from ledger.adapters.publisher import Publisher
+from ledger.entrypoints.history import generate
+from ledger.entrypoints.runner import start_api, start_stages, stop_process
+from ledger.rules.policy import Policy
+from projections import fold
+from projections.views import metrics, pipeline
+
+UNTIL = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def timed(session: aiohttp.ClientSession, url: str) -> float:
+    started = time.perf_counter()
+    async with session.get(url) as response:
+        await response.read()
+        assert response.status == 200, (url, response.status)
+    return time.perf_counter() - started
+
+
+async def load(api: str, path: str, clients: int, each: int) -> list[float]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+
+        async def client() -> list[float]:
+            return [await timed(session, api + path) for _ in range(each)]
+
+        results = await asyncio.gather(*(client() for _ in range(clients)))
+    return [t for r in results for t in r]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(settings: Settings, requests: int, clients: int) -> None:
+    assert settings.broker is not None
+    events = generate(requests=requests, until=UNTIL, seed=42)
+    print(f"{requests:,} requests = {len(events):,} events")
+    validator, projector = start_stages(settings, settings.broker)
+    api = start_api(settings, settings.broker)
+    try:
+        started = time.perf_counter()
+        async with Publisher(settings, settings.broker) as publisher:
+            messages = [(subject_of(from_mapping(e)).encode(), orjson.dumps(e)) for e in events]
+            await publisher.send_raw(publisher.topics.inbox, messages)
+        await wait_folded(settings, len(events), 3600)
+        print(f"  folded end to end in {time.perf_counter() - started:.1f} s")
+        folded = fold(from_mapping(e) for e in events)
+        policy = Policy()
+        base = settings.api_url
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base + "/metrics/decisions") as r:
+                got = orjson.loads(await r.read())
+            async with session.get(base + "/pipeline?limit=1") as r:
+                total = orjson.loads(await r.read())["total"]
+        want = orjson.loads(orjson.dumps(metrics(folded.requests.values(), UNTIL, policy)))
+        assert got == want, "the read model's metrics differ from the fold's"
+        assert total == len(pipeline(folded.requests.values(), UNTIL, policy))
+        print(f"  read model = fold of the log (metrics equal; pipeline total {total:,})")
+        some_request = sorted(folded.requests)[len(folded.requests) // 2]
+        some_customer = sorted(folded.customers)[0]
+        routes: list[tuple[str, int]] = [
+            ("/health", 50),
+            (f"/requests/{some_request}", 50),
+            (f"/customers/{some_customer}", 50),
+            ("/pipeline?limit=100", 2),
+            ("/overdue?limit=100", 2),
+            ("/customers/abuse?limit=100", 5),
+            ("/metrics/decisions", 2),
+            ("/pipeline", 1),
+        ]
+        print(f"  {clients} clients at once:")
+        for path, each in routes:
+            times = await load(base, path, clients, each)
+            print(
+                f"    {path:<34} p50 {statistics.median(times) * 1000:9.1f} ms"
+                f"  p99 {percentile(times, 0.99) * 1000:9.1f} ms  ({len(times)} requests)"
+            )
+        for name, process in (("validator", validator), ("projector", projector), ("API", api)):
+            print(f"  peak RSS {name:<10} {peak_rss_mb(process.pid):8.0f} MB")
+    finally:
+        for process in (validator, projector, api):
+            stop_process(process)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
+        port = free_port()
+        settings = Settings(
+            broker=broker.bootstrap,
+            topic_prefix=f"bq{uuid.uuid4().hex[:6]}.",
+            data_dir=Path(tmp) / "data",
+            session_timeout_s=6,
+            api_port=port,
+            api_url=f"http://127.0.0.1:{port}",
+            clock=UNTIL.isoformat(),
+        )
+        asyncio.run(run(settings, args.requests, args.clients))
+
+
+if __name__ == "__main__":
+    main()
