@@ -157,11 +157,14 @@ async def _listing(
     key: Key,
     as_of: datetime,
     newest_first: bool = False,
+    build: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
 ) -> web.StreamResponse:
     """A list, whole (a JSON array, as before) or one page of it: with `limit` (and then
     `cursor`), `{items, total, next_cursor, as_of}`. Rows are in `key` order (descending
     with `newest_first`); a cursor holds the last row's key and the instant of the first
-    page, so the pages of one walk are of the same list as of the same instant."""
+    page, so the pages of one walk are of the same list as of the same instant. With
+    `build`, `rows` hold only what `key` reads, and `build` makes the rows of the page
+    (or of the whole list) from them: a page costs what it holds."""
     cursor = _cursor(request)
     limit = _limit(request, cursor)
     headers: dict[str, str] = {}
@@ -192,6 +195,10 @@ async def _listing(
         headers["X-Total-Count"] = str(len(rows))
         paged = {"items": page, "total": len(rows), "next_cursor": next_cursor,
                  "as_of": as_of.isoformat()}  # fmt: skip
+    if build is not None:
+        page = build(page)
+        if paged is not None:
+            paged["items"] = page
     if _wants_csv(request):
         return await _stream_csv(request, page, columns, headers)
     return _json(paged if paged is not None else page, headers=headers)
@@ -299,9 +306,22 @@ class Api:
         if stage is not None and stage not in STAGES:
             raise Problem(422, "invalid_parameter", {"stage": "must be intake or scored"})
         as_of = self.as_of(request)
+        model = request.app[READ_MODEL]
+        index = model.indexed(as_of)
+        if index is not None:  # the open requests, in order, from the index
+            ids = index.open_requests(q.get("owner"), q.get("kind"), stage)
+            keys = [{"opened_at": index.entries[r].opened, "request_id": r} for r in ids]
+
+            def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                states = [model.request(r["request_id"]) for r in page]
+                return views.pipeline([s for s in states if s], as_of, self.policy)
+
+            return await _listing(
+                request, keys, PIPELINE_COLUMNS, _pipeline_key, as_of, build=rows_of
+            )
         rows = await asyncio.to_thread(
             views.pipeline,
-            request.app[READ_MODEL].requests(),
+            model.requests(),
             as_of,
             self.policy,
             owner=q.get("owner"),
@@ -322,9 +342,14 @@ class Api:
                     422, "invalid_parameter", {"days": f"must be between 0 and {MAX_DAYS}"}
                 )
         as_of = self.as_of(request)
+        model = request.app[READ_MODEL]
+        index = model.indexed(as_of)
+        if index is not None and days in (None, self.settings.overdue_days):
+            rows = index.overdue(as_of)  # from the index's entries: no state is read
+            return await _listing(request, rows, OVERDUE_COLUMNS, _overdue_key, as_of)
         rows = await asyncio.to_thread(
             views.overdue,
-            request.app[READ_MODEL].requests(),
+            model.requests(),
             as_of,
             self.policy,
             days=days if days is not None else self.settings.overdue_days,
@@ -669,7 +694,7 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
     app.router.add_post("/events", api.post_events)
 
     async def lifecycle(app: web.Application) -> Any:
-        model = ReadModel(settings, bootstrap)
+        model = ReadModel(settings, bootstrap, api.policy)
         app[READ_MODEL] = model
         # at start-up the broker may still be coming up: wait longer than a request does
         app[PUBLISHER] = await Publisher(settings, bootstrap, connect_timeout=60).start()

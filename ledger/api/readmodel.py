@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,11 +22,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.adapters.config import Settings
 from ledger.adapters.topics import Topics
+from ledger.rules.policy import Policy
+from projections.listindex import ListIndex
 from projections.state import CustomerState, RequestState
 from workers.projector import table_names
 from workers.runtime import changelog_topic
 
 MAX_ALERTS = 1000
+log = logging.getLogger(__name__)
 
 
 EVENT_IDS = b'"event_ids":['
@@ -76,7 +81,7 @@ class _Cache:
 
 
 class ReadModel:
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, policy: Policy | None = None) -> None:
         prefix = settings.topic_prefix
         requests_table, customers_table = table_names(prefix)
         self.topics = Topics(prefix)
@@ -89,6 +94,9 @@ class ReadModel:
         self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by alert_id, oldest first
         self.deliveries: dict[str, dict[str, dict[str, Any]]] = {}  # alert_id -> url -> record
         self.held: dict[bytes, dict[str, Any]] = {}  # inbox position -> the held event
+        # the pipeline's and the overdue list's indexes, kept as request states change
+        self.index = ListIndex(policy or Policy(), settings.overdue_days, settings.overdue_unit)
+        self.index_ok = True  # False once a state could not be indexed: views answer
         self._settings = settings
         self._bootstrap = bootstrap
         self._consumer: AIOKafkaConsumer | None = None
@@ -98,6 +106,10 @@ class ReadModel:
         self.ready = asyncio.Event()
 
     # -- queries -------------------------------------------------------------------
+    def indexed(self, as_of: datetime) -> ListIndex | None:
+        """The list index, when it answers as of `as_of` (else: refold with the views)."""
+        return self.index if self.index_ok and self.index.covers(as_of) else None
+
     def requests(self) -> list[RequestState]:
         return self._caches[self.requests_topic].all()
 
@@ -236,4 +248,11 @@ class ReadModel:
         for record in records:
             if record.key is None:
                 continue
-            cache.put(record.key.decode(), record.value)
+            key = record.key.decode()
+            cache.put(key, record.value)
+            if topic == self.requests_topic and self.index_ok:
+                try:
+                    self.index.put(key, record.value)
+                except (ValueError, KeyError, TypeError, IndexError):
+                    log.exception("request %s cannot be indexed: lists refold instead", key)
+                    self.index_ok = False

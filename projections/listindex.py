@@ -1,0 +1,169 @@
+"""Indexes of the open pipeline and of the overdue list, kept as request states change
+(issue 11), so that a page of `/pipeline` or `/overdue` costs what the page holds, not
+what the ledger holds.
+
+Each request is reduced to an `Entry`, read straight off its changelog JSON (no pydantic
+model): what the two lists sort and filter by. The open requests are kept sorted in the
+pipeline's order, and each overdue rule's candidates by the instant or day they fall
+due, so "overdue as of t" is a prefix of each. Valid for an instant at or after the
+newest event the index holds (`covers`): earlier, a request may have been in another
+state, and the views refold it (`projections.views`, which these answers equal).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+
+from ledger.rules.calendar import Unit
+from ledger.rules.policy import Policy
+from projections.views import Row, _days_over, _past_date, calendar_of
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    request_id: str
+    owner: str
+    kind: str
+    title: str
+    stage: str  # intake, scored or decided
+    opened: str  # the decision clock's start, as the pipeline shows and sorts it
+    decision_due: datetime | None  # open: when it becomes overdue
+    hold_due: datetime | None  # a standing hold: when it becomes overdue
+    revisit_on: date | None  # a standing conditional no or hold: its revisit date
+    review_on: date | None  # a standing provisional yes: its pilot review date
+    newest_at: datetime  # its latest event's occurred_at
+
+
+def entry_of_json(raw: bytes, policy: Policy, days: int, unit: Unit) -> Entry:
+    """A request's entry from its state's JSON (`RequestState.model_dump_json`)."""
+    s: dict[str, Any] = orjson.loads(raw)
+    intake = s["intake"]
+    status = s["status"]
+    stage = "decided" if status == "decided" else "scored" if s["score"] is not None else "intake"
+    started = datetime.fromisoformat(s["clock_started_at"])
+    history = s["history"]
+    newest = max(
+        datetime.fromisoformat(history[0]["occurred_at"]),
+        datetime.fromisoformat(history[-1]["occurred_at"]),
+    )  # in fold order: the intake first, the rest by occurred_at
+    cal = calendar_of(policy)
+    decision_due = hold_due = None
+    revisit_on = review_on = None
+    last = s["decisions"][-1] if s["decisions"] else None
+    if status == "open":
+        decision_due = cal.deadline(started, days, unit)
+    elif last is not None:
+        outcome = last["outcome"]
+        if outcome == "hold":
+            hold_due = cal.deadline(datetime.fromisoformat(last["occurred_at"]), days, unit)
+        if outcome in ("conditional_no", "hold") and last["revisit_on"] is not None:
+            revisit_on = date.fromisoformat(last["revisit_on"])
+        if outcome == "provisional_yes" and last["review_on"] is not None:
+            review_on = date.fromisoformat(last["review_on"])
+    return Entry(
+        request_id=s["request_id"], owner=intake["owner"], kind=intake["kind"],
+        title=intake["title"], stage=stage, opened=started.isoformat(),
+        decision_due=decision_due, hold_due=hold_due, revisit_on=revisit_on,
+        review_on=review_on, newest_at=newest,
+    )  # fmt: skip
+
+
+class ListIndex:
+    """Every request's entry, and the sorted lists the pipeline and overdue read."""
+
+    def __init__(self, policy: Policy, days: int, unit: Unit) -> None:
+        self.policy = policy
+        self.days = days
+        self.unit = unit
+        self.entries: dict[str, Entry] = {}
+        self.open: list[tuple[str, str]] = []  # (opened, request_id): the pipeline's order
+        self.decision_due: list[tuple[datetime, str]] = []
+        self.hold_due: list[tuple[datetime, str]] = []
+        self.revisit_on: list[tuple[date, str]] = []
+        self.review_on: list[tuple[date, str]] = []
+        self.newest_at: datetime | None = None
+
+    def put(self, request_id: str, raw: bytes | None) -> None:
+        """The request's new state (None: gone)."""
+        old = self.entries.pop(request_id, None)
+        if old is not None:
+            self._lists(old, _remove)
+        if raw is None:
+            return
+        entry = entry_of_json(raw, self.policy, self.days, self.unit)
+        self.entries[request_id] = entry
+        self._lists(entry, insort)
+        if self.newest_at is None or entry.newest_at > self.newest_at:
+            self.newest_at = entry.newest_at
+
+    def _lists(self, e: Entry, act: Any) -> None:
+        if e.stage != "decided":
+            act(self.open, (e.opened, e.request_id))
+        for items, value in (
+            (self.decision_due, e.decision_due), (self.hold_due, e.hold_due),
+            (self.revisit_on, e.revisit_on), (self.review_on, e.review_on),
+        ):  # fmt: skip
+            if value is not None:
+                act(items, (value, e.request_id))
+
+    def covers(self, as_of: datetime) -> bool:
+        """Whether the lists hold as of `as_of`: no event the index holds is later."""
+        return self.newest_at is None or as_of >= self.newest_at
+
+    def open_requests(
+        self, owner: str | None = None, kind: str | None = None, stage: str | None = None
+    ) -> list[str]:
+        """The open requests in the pipeline's order (oldest first), filtered."""
+        if not (owner or kind or stage):
+            return [request_id for _, request_id in self.open]
+        out = []
+        for _, request_id in self.open:
+            e = self.entries[request_id]
+            if (owner and e.owner != owner) or (kind and e.kind != kind):
+                continue
+            if stage and e.stage != stage:
+                continue
+            out.append(request_id)
+        return out
+
+    def overdue(self, as_of: datetime) -> list[Row]:
+        """`views.overdue` as of `as_of` (which `covers` must allow), from the lists."""
+        cal = calendar_of(self.policy)
+        rows = []
+
+        def row(request_id: str, reason: str, since: datetime, over: float) -> Row:
+            e = self.entries[request_id]
+            return {
+                "request_id": request_id, "reason": reason, "owner": e.owner,
+                "title": e.title, "overdue_since": since.isoformat(), "days_overdue": over,
+            }  # fmt: skip
+
+        for reason, items in (("decision_overdue", self.decision_due),
+                              ("hold_overdue", self.hold_due)):  # fmt: skip
+            # strictly after the deadline: a prefix of the list sorted by deadline
+            for due, request_id in items[: _count_before(items, as_of)]:
+                if as_of > due:
+                    over = _days_over(cal, due, as_of, self.unit)
+                    rows.append(row(request_id, reason, due, over))
+        for reason, days in (("revisit_overdue", self.revisit_on),
+                             ("pilot_review_overdue", self.review_on)):  # fmt: skip
+            for day, request_id in days[: bisect_left(days, (as_of.date(), ""))]:
+                for _, since, over in _past_date(reason, day, as_of):
+                    rows.append(row(request_id, reason, since, over))
+        return sorted(rows, key=lambda r: (-r["days_overdue"], r["request_id"], r["reason"]))
+
+
+def _count_before(items: list[tuple[datetime, str]], as_of: datetime) -> int:
+    """How many entries fall due before `as_of` (every request id sorts after "")."""
+    return bisect_left(items, (as_of, ""))
+
+
+def _remove(items: list[Any], item: Any) -> None:
+    i = bisect_left(items, item)
+    if i < len(items) and items[i] == item:
+        del items[i]

@@ -1,0 +1,54 @@
+"""The pipeline's and the overdue list's indexes (issue 11) answer what the views answer."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from events import from_mapping
+from ledger.entrypoints.history import generate
+from ledger.rules.policy import Policy
+from projections import Folded
+from projections.listindex import ListIndex
+from projections.views import overdue, pipeline
+
+POLICY = Policy()
+UNTIL = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+
+
+@pytest.mark.parametrize("unit", ["calendar", "business"])
+def test_the_index_kept_as_states_change_answers_like_the_views(unit: str) -> None:
+    """Every state change is put into the index as the log folds (so entries are
+    replaced and moved between lists), then the lists are read at several instants."""
+    index = ListIndex(POLICY, 10, unit)  # type: ignore[arg-type]
+    folded = Folded()
+    for raw in generate(requests=250, until=UNTIL, seed=13):
+        event = from_mapping(raw)
+        folded.apply(event)
+        if event.type != "escalation":
+            state = folded.requests[event.data.request_id]
+            index.put(state.request_id, state.model_dump_json().encode())
+    states = list(folded.requests.values())
+    assert index.newest_at is not None and index.covers(UNTIL)
+    assert not index.covers(index.newest_at - timedelta(seconds=1))
+    for as_of in (UNTIL, UNTIL + timedelta(hours=13), UNTIL + timedelta(days=40)):
+        want = overdue(states, as_of, POLICY, days=10, unit=unit)  # type: ignore[arg-type]
+        assert index.overdue(as_of) == want
+        assert len({r["reason"] for r in want}) == 4
+    for filters in ({}, {"owner": "a.lindqvist"}, {"stage": "scored"}, {"kind": "vendor_support"}):
+        want_ids = [r["request_id"] for r in pipeline(states, UNTIL, POLICY, **filters)]
+        assert index.open_requests(**filters) == want_ids and want_ids
+
+
+def test_a_request_leaves_the_lists_when_it_goes() -> None:
+    index = ListIndex(POLICY, 10, "calendar")
+    folded = Folded()
+    for raw in generate(requests=20, until=UNTIL, seed=2):
+        folded.apply(from_mapping(raw))
+    for state in folded.requests.values():
+        index.put(state.request_id, state.model_dump_json().encode())
+    for request_id in list(folded.requests):
+        index.put(request_id, None)
+    assert index.open_requests() == [] and index.overdue(UNTIL) == []
+    assert not (index.decision_due or index.hold_due or index.revisit_on or index.review_on)
