@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -133,29 +133,42 @@ class ListIndex:
 
     def overdue(self, as_of: datetime) -> list[Row]:
         """`views.overdue` as of `as_of` (which `covers` must allow), from the lists."""
+        return [self.overdue_row(o) for o in self.overdue_order(as_of)]
+
+    def overdue_order(self, as_of: datetime) -> list[Overdue]:
+        """The overdue list's order and what orders it, without building its rows."""
         cal = calendar_of(self.policy)
-        rows = []
-
-        def row(request_id: str, reason: str, since: datetime, over: float) -> Row:
-            e = self.entries[request_id]
-            return {
-                "request_id": request_id, "reason": reason, "owner": e.owner,
-                "title": e.title, "overdue_since": since.isoformat(), "days_overdue": over,
-            }  # fmt: skip
-
+        found: list[Overdue] = []
         for reason, items in (("decision_overdue", self.decision_due),
                               ("hold_overdue", self.hold_due)):  # fmt: skip
             # strictly after the deadline: a prefix of the list sorted by deadline
             for due, request_id in items[: _count_before(items, as_of)]:
                 if as_of > due:
                     over = _days_over(cal, due, as_of, self.unit)
-                    rows.append(row(request_id, reason, due, over))
+                    found.append(Overdue(-over, request_id, reason, due))
         for reason, days in (("revisit_overdue", self.revisit_on),
                              ("pilot_review_overdue", self.review_on)):  # fmt: skip
             for day, request_id in days[: bisect_left(days, (as_of.date(), ""))]:
                 for _, since, over in _past_date(reason, day, as_of):
-                    rows.append(row(request_id, reason, since, over))
-        return sorted(rows, key=lambda r: (-r["days_overdue"], r["request_id"], r["reason"]))
+                    found.append(Overdue(-over, request_id, reason, since))
+        found.sort()
+        return found
+
+    def overdue_row(self, o: Overdue) -> Row:
+        e = self.entries[o.request_id]
+        return {
+            "request_id": o.request_id, "reason": o.reason, "owner": e.owner, "title": e.title,
+            "overdue_since": o.since.isoformat(), "days_overdue": -o.minus_days,
+        }  # fmt: skip
+
+
+class Overdue(NamedTuple):
+    """One overdue row's place in the list (most overdue first, then by request, reason)."""
+
+    minus_days: float
+    request_id: str
+    reason: str
+    since: datetime
 
 
 def _count_before(items: list[tuple[datetime, str]], as_of: datetime) -> int:

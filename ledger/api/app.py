@@ -345,8 +345,18 @@ class Api:
         model = request.app[READ_MODEL]
         index = model.indexed(as_of)
         if index is not None and days in (None, self.settings.overdue_days):
-            rows = index.overdue(as_of)  # from the index's entries: no state is read
-            return await _listing(request, rows, OVERDUE_COLUMNS, _overdue_key, as_of)
+            # from the index's entries (no state is read); rows for the page only
+            order = [
+                {"days_overdue": -o.minus_days, "request_id": o.request_id, "reason": o.reason,
+                 "_at": o} for o in index.overdue_order(as_of)
+            ]  # fmt: skip
+
+            def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                return [index.overdue_row(r["_at"]) for r in page]
+
+            return await _listing(
+                request, order, OVERDUE_COLUMNS, _overdue_key, as_of, build=rows_of
+            )
         rows = await asyncio.to_thread(
             views.overdue,
             model.requests(),
