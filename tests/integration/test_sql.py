@@ -290,7 +290,14 @@ def test_sigkill_at_random_points_neither_loses_nor_doubles(
     log = tmp_path / "sql-writer.log"
     asyncio.run(publish_log(settings, chunks[0]))
     writer = start_writer(settings, log, failpoint="sql-commit@2")
-    asyncio.run(asyncio.sleep(2))
+    store = store_of(settings)
+    try:  # its first batch is in, so the next chunk is a second transaction
+        for _ in range(120):
+            if writer.poll() is not None or any(store.offsets().values()):
+                break
+            asyncio.run(asyncio.sleep(0.25))
+    finally:
+        store.close()
     asyncio.run(publish_log(settings, chunks[1]))
     assert writer.wait(60) == -signal.SIGKILL, log.read_text()  # died inside its 2nd commit
     kills = 0
