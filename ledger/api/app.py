@@ -248,11 +248,17 @@ def _held_key(r: dict[str, Any]) -> tuple[Any, ...]:
     return (r["held_since"], r["inbox_partition"], r["inbox_offset"])
 
 
+HEAVY_AT_ONCE = 2
+
+
 class Api:
     def __init__(self, settings: Settings, policy: Policy) -> None:
         self.settings = settings
         self.policy = policy
         self.templates = messages.environment(settings.templates_dir)
+        # views that walk every state run in threads, two at most at once: the event loop
+        # (/health, one request's view, the broker check) keeps its turn under any load
+        self.heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
         messages.check(self.templates)  # a broken team template stops the API at start
 
     # -- parameters ----------------------------------------------------------------
@@ -273,6 +279,11 @@ class Api:
                 )
             return pinned
         return self.now() if raw is None else parse_instant(raw, "as_of")
+
+    async def walk(self, view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A view over every state: off the event loop, `HEAVY_AT_ONCE` at a time."""
+        async with self.heavy:
+            return await asyncio.to_thread(view, *args, **kwargs)
 
     # -- routes --------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -319,7 +330,7 @@ class Api:
             return await _listing(
                 request, keys, PIPELINE_COLUMNS, _pipeline_key, as_of, build=rows_of
             )
-        rows = await asyncio.to_thread(
+        rows = await self.walk(
             views.pipeline,
             model.requests(),
             as_of,
@@ -357,7 +368,7 @@ class Api:
             return await _listing(
                 request, order, OVERDUE_COLUMNS, _overdue_key, as_of, build=rows_of
             )
-        rows = await asyncio.to_thread(
+        rows = await self.walk(
             views.overdue,
             model.requests(),
             as_of,
@@ -376,7 +387,7 @@ class Api:
             flagged = raw == "true"
         model = request.app[READ_MODEL]
         as_of = self.as_of(request)
-        rows = await asyncio.to_thread(views.abuse, model.customers(), as_of, self.policy, flagged)
+        rows = await self.walk(views.abuse, model.customers(), as_of, self.policy, flagged)
         return await _listing(request, rows, ABUSE_COLUMNS, _abuse_key, as_of)
 
     async def report(self, request: web.Request) -> web.Response:
@@ -393,8 +404,8 @@ class Api:
         if fmt not in REPORT_FORMATS:
             raise Problem(422, "invalid_parameter", {"format": "must be html, md or json"})
         model = request.app[READ_MODEL]
-        figures = report_figures.nos_and_whys(
-            model.requests(), model.customers(), month, self.policy
+        figures = await self.walk(
+            report_figures.nos_and_whys, model.requests(), model.customers(), month, self.policy
         )
         if fmt == "json":
             return _json(figures)
@@ -413,7 +424,7 @@ class Api:
             at_risk = raw == "true"
         model = request.app[READ_MODEL]
         as_of = self.as_of(request)
-        rows = await asyncio.to_thread(
+        rows = await self.walk(
             partner_views.partners, model.requests(), model.customers(), as_of, self.policy,
             at_risk,
         )  # fmt: skip
@@ -422,9 +433,10 @@ class Api:
     async def partner(self, request: web.Request) -> web.Response:
         partner_id = request.match_info["partner_id"]
         model = request.app[READ_MODEL]
-        view = partner_views.partner_view(
-            partner_id, model.requests(), model.customers(), self.as_of(request), self.policy
-        )
+        view = await self.walk(
+            partner_views.partner_view, partner_id, model.requests(), model.customers(),
+            self.as_of(request), self.policy,
+        )  # fmt: skip
         if view is None:
             raise Problem(404, "not_found", f"no partner {partner_id} in the ledger")
         if _wants_csv(request):
@@ -478,7 +490,8 @@ class Api:
         return _json(drafted.as_dict())
 
     async def metrics(self, request: web.Request) -> web.Response:
-        row = views.metrics(request.app[READ_MODEL].requests(), self.as_of(request), self.policy)
+        as_of = self.as_of(request)
+        row = await self.walk(views.metrics, request.app[READ_MODEL].requests(), as_of, self.policy)
         if _wants_csv(request):
             return web.Response(text=to_csv([row]), content_type="text/csv")
         return _json(row)
