@@ -157,7 +157,7 @@ async def _listing(
     key: Key,
     as_of: datetime,
     newest_first: bool = False,
-    build: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    build: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]] | None = None,
 ) -> web.StreamResponse:
     """A list, whole (a JSON array, as before) or one page of it: with `limit` (and then
     `cursor`), `{items, total, next_cursor, as_of}`. Rows are in `key` order (descending
@@ -196,7 +196,7 @@ async def _listing(
         paged = {"items": page, "total": len(rows), "next_cursor": next_cursor,
                  "as_of": as_of.isoformat()}  # fmt: skip
     if build is not None:
-        page = build(page)
+        page = await build(page)
         if paged is not None:
             paged["items"] = page
     if _wants_csv(request):
@@ -249,6 +249,7 @@ def _held_key(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 HEAVY_AT_ONCE = 2
+SMALL_PAGE = 500  # rows built on the event loop; a longer list's in a thread
 
 
 class Api:
@@ -323,9 +324,15 @@ class Api:
             ids = index.open_requests(q.get("owner"), q.get("kind"), stage)
             keys = [{"opened_at": index.entries[r].opened, "request_id": r} for r in ids]
 
-            def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            async def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 states = [model.request(r["request_id"]) for r in page]
-                return views.pipeline([s for s in states if s], as_of, self.policy)
+                known = [s for s in states if s is not None]
+                if len(known) <= SMALL_PAGE:
+                    return views.pipeline(known, as_of, self.policy)
+                rows: list[dict[str, Any]] = await self.walk(
+                    views.pipeline, known, as_of, self.policy
+                )
+                return rows
 
             return await _listing(
                 request, keys, PIPELINE_COLUMNS, _pipeline_key, as_of, build=rows_of
@@ -362,7 +369,7 @@ class Api:
                  "_at": o} for o in index.overdue_order(as_of)
             ]  # fmt: skip
 
-            def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            async def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 return [index.overdue_row(r["_at"]) for r in page]
 
             return await _listing(
