@@ -65,6 +65,27 @@ async def load(api: str, path: str, clients: int, each: int) -> list[float]:
     return [t for r in results for t in r]
 
 
+PROBED: list[tuple[float, int]] = []
+
+
+async def probe_health(api: str) -> None:
+    """/health every 0.5 s until cancelled: its slowest answer and how many were not 200
+    (a starved event loop makes the API's broker check time out: /health says 503)."""
+    slowest, not_ok = 0.0, 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                started = time.perf_counter()
+                async with session.get(api + "/health") as response:
+                    await response.read()
+                    not_ok += response.status != 200
+                slowest = max(slowest, time.perf_counter() - started)
+                await asyncio.sleep(0.5)
+    except asyncio.CancelledError:
+        PROBED.append((slowest, not_ok))
+        raise
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -107,12 +128,17 @@ async def run(settings: Settings, requests: int, clients: int) -> None:
             ("/metrics/decisions", 2),
             ("/pipeline", 1),
         ]
-        print(f"  {clients} clients at once:")
+        print(f"  {clients} clients at once (and a probe of /health every 0.5 s meanwhile):")
         for path, each in routes:
+            probe = asyncio.create_task(probe_health(base))
             times = await load(base, path, clients, each)
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
+            slowest, not_ok = PROBED.pop()
             print(
                 f"    {path:<34} p50 {statistics.median(times) * 1000:9.1f} ms"
-                f"  p99 {percentile(times, 0.99) * 1000:9.1f} ms  ({len(times)} requests)"
+                f"  p99 {percentile(times, 0.99) * 1000:9.1f} ms  ({len(times)} requests);"
+                f" /health meanwhile: slowest {slowest * 1000:.0f} ms, {not_ok} not 200"
             )
         for name, process in (("validator", validator), ("projector", projector), ("API", api)):
             print(f"  peak RSS {name:<10} {peak_rss_mb(process.pid):8.0f} MB")
