@@ -21,7 +21,7 @@ import orjson
 
 from ledger.rules.calendar import Unit
 from ledger.rules.policy import Policy
-from projections.views import Row, _days_over, _past_date, calendar_of
+from projections.views import Row, calendar_of, days_over, past_date
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +144,12 @@ class ListIndex:
             # strictly after the deadline: a prefix of the list sorted by deadline
             for due, request_id in items[: _count_before(items, as_of)]:
                 if as_of > due:
-                    over = _days_over(cal, due, as_of, self.unit)
+                    over = days_over(cal, due, as_of, self.unit)
                     found.append(Overdue(-over, request_id, reason, due))
         for reason, days in (("revisit_overdue", self.revisit_on),
                              ("pilot_review_overdue", self.review_on)):  # fmt: skip
             for day, request_id in days[: bisect_left(days, (as_of.date(), ""))]:
-                for _, since, over in _past_date(reason, day, as_of):
+                for _, since, over in past_date(reason, day, as_of):
                     found.append(Overdue(-over, request_id, reason, since))
         found.sort()
         return found

@@ -23,12 +23,12 @@ from typing import Any
 from ledger.rules.policy import Policy
 from projections.state import CustomerState, RequestState
 from projections.views import (
-    _percentile,
-    _ratio,
     calendar_of,
     customer_pattern,
     known_customers,
     known_requests,
+    percentile,
+    ratio,
     support_asks,
 )
 
@@ -170,8 +170,8 @@ def _support(known: list[RequestState], as_of: datetime, policy: Policy) -> Row:
         "count": len(asks),
         "answered": len(days),
         "unanswered": len(waiting),
-        "median_business_days_to_answer": _percentile(days, 0.5),
-        "share_answered_within_target": _ratio(sum(1 for d in days if d <= target), len(days)),
+        "median_business_days_to_answer": percentile(days, 0.5),
+        "share_answered_within_target": ratio(sum(1 for d in days if d <= target), len(days)),
         "target_business_days": target,
         "oldest_unanswered": (
             {"request_id": oldest[1], "business_days_waiting": oldest[0]} if oldest else None

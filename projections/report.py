@@ -32,12 +32,12 @@ from ledger.rules.policy import Policy, assess
 from projections.state import CustomerState, RequestState
 from projections.views import (
     RECOMMENDABLE,
-    _percentile,
-    _ratio,
     abuse,
     calendar_of,
     known_customers,
     known_requests,
+    percentile,
+    ratio,
     support_asks,
 )
 
@@ -46,7 +46,7 @@ WEAK = 2
 
 
 def _p(values: list[int], q: float) -> float | None:
-    found = _percentile(values, q)
+    found = percentile(values, q)
     return None if found is None else round(found, 1)
 
 
@@ -199,7 +199,7 @@ def nos_and_whys(
             "cycles": len(days),
             "median": _p(days, 0.5),
             "p90": _p(days, 0.9),
-            "share_within_target": _ratio(sum(1 for d in days if d <= target), len(days)),
+            "share_within_target": ratio(sum(1 for d in days if d <= target), len(days)),
             "trend": trend,
         },
         "open_maybes": {
@@ -247,7 +247,7 @@ def _revisits(states: list[RequestState], start: datetime, end: datetime) -> Row
     decided = sum(1 for s in states if s.decisions)
     return {
         "count": count,
-        "rate": _ratio(count, decided),  # the month's revisits per request decided so far
+        "rate": ratio(count, decided),  # the month's revisits per request decided so far
         "median_days_since_decision": _p(days, 0.5),
         "came_back_qualified": qualified,
     }
@@ -275,7 +275,7 @@ def _pilots(states: list[RequestState], start: datetime, end: datetime, policy: 
         "window_days": window.days,
         "judged": judged,
         "scaled": scaled,
-        "success_rate": _ratio(scaled, judged),
+        "success_rate": ratio(scaled, judged),
     }
 
 
@@ -291,6 +291,6 @@ def _support(states: list[RequestState], start: datetime, end: datetime, policy:
     return {
         "answered": len(days),
         "median_business_days": _p(days, 0.5),
-        "share_within_target": _ratio(sum(1 for d in days if d <= target), len(days)),
+        "share_within_target": ratio(sum(1 for d in days if d <= target), len(days)),
         "unanswered_at_month_end": len(waiting),
     }

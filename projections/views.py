@@ -77,7 +77,7 @@ def pipeline(
     return sorted(rows, key=lambda r: (r["opened_at"], r["request_id"]))
 
 
-def _days_over(cal: BusinessCalendar, deadline: datetime, as_of: datetime, unit: Unit) -> float:
+def days_over(cal: BusinessCalendar, deadline: datetime, as_of: datetime, unit: Unit) -> float:
     if unit == "business":
         return float(cal.business_days_between(deadline.date(), as_of.date()))
     return round((as_of - deadline).total_seconds() / 86400, 2)
@@ -92,7 +92,7 @@ def overdue_reasons(
     if s.status == "open":
         deadline = cal.deadline(s.clock_started_at, days, unit)
         if as_of > deadline:
-            found.append(("decision_overdue", deadline, _days_over(cal, deadline, as_of, unit)))
+            found.append(("decision_overdue", deadline, days_over(cal, deadline, as_of, unit)))
         return found
     last = s.last_decision
     if last is None:
@@ -100,15 +100,15 @@ def overdue_reasons(
     if last.outcome == "hold":
         deadline = cal.deadline(last.occurred_at, days, unit)
         if as_of > deadline:
-            found.append(("hold_overdue", deadline, _days_over(cal, deadline, as_of, unit)))
+            found.append(("hold_overdue", deadline, days_over(cal, deadline, as_of, unit)))
     if last.outcome in ("conditional_no", "hold") and last.revisit_on is not None:
-        found.extend(_past_date("revisit_overdue", last.revisit_on, as_of))
+        found.extend(past_date("revisit_overdue", last.revisit_on, as_of))
     if last.outcome == "provisional_yes" and last.review_on is not None:
-        found.extend(_past_date("pilot_review_overdue", last.review_on, as_of))
+        found.extend(past_date("pilot_review_overdue", last.review_on, as_of))
     return found
 
 
-def _past_date(reason: str, day: date, as_of: datetime) -> list[tuple[str, datetime, float]]:
+def past_date(reason: str, day: date, as_of: datetime) -> list[tuple[str, datetime, float]]:
     """Overdue from the day after `day` (a date is due through its whole day)."""
     if as_of.date() <= day:
         return []
@@ -184,7 +184,7 @@ def abuse(
     return sorted(rows, key=lambda r: (not r["flagged"], -r["severity_score"], r["customer_id"]))
 
 
-def _percentile(values: list[int], q: float) -> float | None:
+def percentile(values: list[int], q: float) -> float | None:
     """Linear-interpolation percentile (q in 0..1) of a non-empty list, else None."""
     if not values:
         return None
@@ -195,7 +195,7 @@ def _percentile(values: list[int], q: float) -> float | None:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
 
-def _ratio(part: int, whole: int) -> float | None:
+def ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
@@ -236,12 +236,12 @@ def metrics(states: Iterable[RequestState], as_of: datetime, policy: Policy) -> 
         "as_of": as_of.isoformat(),
         "decisions": sum(outcomes.values()),
         "by_outcome": dict(sorted(outcomes.items())),
-        "median_business_days_to_decision": _percentile(cycle_days, 0.5),
-        "p90_business_days_to_decision": _percentile(cycle_days, 0.9),
-        "share_decided_within_target": _ratio(within, len(cycle_days)),
-        "revisit_rate": _ratio(revisited_requests, decided_requests),
-        "pilot_success_rate": _ratio(pilots_scaled, pilots),
-        "override_rate": _ratio(overridden, recommended),
+        "median_business_days_to_decision": percentile(cycle_days, 0.5),
+        "p90_business_days_to_decision": percentile(cycle_days, 0.9),
+        "share_decided_within_target": ratio(within, len(cycle_days)),
+        "revisit_rate": ratio(revisited_requests, decided_requests),
+        "pilot_success_rate": ratio(pilots_scaled, pilots),
+        "override_rate": ratio(overridden, recommended),
         **_revisits_and_bridges(known),
         **_support_responsiveness(known, as_of, policy),
     }
@@ -277,9 +277,9 @@ def _revisits_and_bridges(known: list[RequestState]) -> Row:
         if any(at > min(times) for at in returns.get(partner, []))
     )
     return {
-        "median_days_to_revisit": _percentile(to_revisit, 0.5),
+        "median_days_to_revisit": percentile(to_revisit, 0.5),
         "declined_partners": len(declined),
-        "bridge_health": _ratio(came_back, len(declined)),
+        "bridge_health": ratio(came_back, len(declined)),
     }
 
 
@@ -317,8 +317,8 @@ def _support_responsiveness(known: list[RequestState], as_of: datetime, policy: 
     return {
         "support_asks_answered": len(days),
         "support_asks_unanswered": waiting,
-        "median_business_days_to_answer_support": _percentile(days, 0.5),
-        "share_support_answered_within_target": _ratio(
+        "median_business_days_to_answer_support": percentile(days, 0.5),
+        "share_support_answered_within_target": ratio(
             sum(1 for d in days if d <= target), len(days)
         ),
     }
