@@ -9,7 +9,7 @@ datetimes (TIMESTAMPTZ), days are dates, JSON columns hold JSON text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -333,8 +333,29 @@ def customer_row(c: CustomerState, policy: Policy) -> Row:
     )  # fmt: skip
 
 
-def _instant(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+# The side topics (alerts, deliveries, rejections) are written by the ledger, but any
+# Kafka client can write to them: whatever a record holds, its row is typed as its
+# table says (a value of another type is null) and building it never raises.
+INT_MAX = 2**31 - 1
+
+
+def _instant(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        instant = datetime.fromisoformat(value)
+        return instant if instant.tzinfo is not None else None
+    except ValueError:
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any, limit: int = INT_MAX) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= limit
+    return value if ok else None
 
 
 def alert_row(raw: bytes) -> Row | None:
@@ -343,18 +364,18 @@ def alert_row(raw: bytes) -> Row | None:
     if a is None or not isinstance(a.get("alert_id"), str):
         return None
     return (
-        a["alert_id"], a.get("kind"), a.get("subject_id"), _instant(a.get("raised_at")),
-        _json(a.get("details")),
+        a["alert_id"], _text(a.get("kind")), _text(a.get("subject_id")),
+        _instant(a.get("raised_at")), _json(a.get("details")),
     )  # fmt: skip
 
 
 def delivery_row(raw: bytes) -> Row | None:
     d = _parsed(raw)
-    if d is None or not isinstance(d.get("alert_id"), str) or not d.get("webhook"):
+    if d is None or not isinstance(d.get("alert_id"), str) or not _text(d.get("webhook")):
         return None
     return (
-        d["alert_id"], d["webhook"], d.get("status"), d.get("attempts"), d.get("http_status"),
-        d.get("error"), _instant(d.get("at")),
+        d["alert_id"], d["webhook"], _text(d.get("status")), _int(d.get("attempts")),
+        _int(d.get("http_status")), _text(d.get("error")), _instant(d.get("at")),
     )  # fmt: skip
 
 
@@ -366,17 +387,16 @@ def rejection_row(raw: bytes, partition: int, offset: int) -> Row:
     first = reasons[0] if reasons and isinstance(reasons[0], dict) else {}
     inbox = r.get("inbox")
     inbox = inbox if isinstance(inbox, dict) else {}
-    text = r.get("original_text")
+    text = _text(r.get("original_text"))
     if text is None and r.get("original_base64") is None and not r:
         text = raw.decode("utf-8", "replace")
-    try:
-        rejected_at = _instant(r.get("rejected_at"))
-    except (TypeError, ValueError):
-        rejected_at = None
+    size = _int(r.get("original_bytes"))
     return (
-        partition, offset, rejected_at, first.get("code"), first.get("field"),
-        first.get("message"), _json(reasons), inbox.get("partition"), inbox.get("offset"),
-        inbox.get("key"), text, r.get("original_bytes", len(raw)), r.get("original_sha256"),
+        partition, offset, _instant(r.get("rejected_at")), _text(first.get("code")),
+        _text(first.get("field")), _text(first.get("message")), _json(reasons),
+        _int(inbox.get("partition")), _int(inbox.get("offset"), 2**63 - 1),
+        _text(inbox.get("key")), text, len(raw) if size is None else size,
+        _text(r.get("original_sha256")),
     )  # fmt: skip
 
 
@@ -393,8 +413,3 @@ def column_docs() -> Iterator[tuple[str, str, str, str]]:
     for table in TABLES:
         for column in table.columns:
             yield table.name, column.name, column.type, column.doc
-
-
-def keys_of(table: Table, rows: Iterable[Row]) -> list[tuple[Any, ...]]:
-    index = [table.names.index(k) for k in table.key]
-    return [tuple(row[i] for i in index) for row in rows]

@@ -15,6 +15,7 @@ writes uses PostgreSQL.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -395,7 +396,7 @@ class PostgresStore(SqlStore):
             if _offsets(cur) != expected:
                 raise StaleOffsets
             for table in TABLES:
-                keys = changes.deletes(table)
+                keys = [_pg_row(k) for k in changes.deletes(table)]
                 if keys:
                     kcols = [c for c in table.columns if c.name in table.key]
                     arrays = ", ".join(f"%s::{types[c.type]}[]" for c in kcols)
@@ -405,7 +406,7 @@ class PostgresStore(SqlStore):
                         f"AS d({', '.join(table.key)}) WHERE {match}",
                         [list(col) for col in zip(*keys, strict=True)],
                     )
-                rows = changes.inserts(table)
+                rows = [_pg_row(row) for row in changes.inserts(table)]
                 if rows:  # COPY (fast) into a scratch table, then in, skipping stored keys
                     scratch = f"incoming_{table.name}"
                     cur.execute(
@@ -504,6 +505,23 @@ class PostgresStore(SqlStore):
         finally:
             conn.close()
         return out
+
+
+NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # \u0000, not \\u0000
+
+
+def _pg_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """PostgreSQL's text and jsonb cannot hold a NUL character, which an event's text may
+    (JSON allows it): it is stored as U+FFFD, or a batch would be refused for ever."""
+    return tuple(_pg_value(v) if isinstance(v, str) else v for v in row)
+
+
+def _pg_value(text: str) -> str:
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if "\\u0000" in text:  # inside JSON text
+        text = NUL_ESCAPE.sub(r"\1\\ufffd", text)
+    return text
 
 
 def _safe(url: str) -> str:

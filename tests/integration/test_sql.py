@@ -46,6 +46,7 @@ from projections.tables import (
     request_rows,
 )  # fmt: skip
 from projections.views import abuse, metrics, overdue, pipeline
+from tests.factories import decision, intake
 from tests.postgres import PostgresMissing, fresh_database, throwaway_cluster
 from workers.sql import SqlWriter, rebuild
 
@@ -472,3 +473,52 @@ def test_a_sql_store_that_is_away_does_not_stop_the_writer(
     finally:
         stop_process(writer)
     assert writer.returncode == 0, log.read_text()
+
+
+def test_no_record_can_stop_the_writer(sql_settings: Settings) -> None:
+    """Text with a NUL character (valid JSON, accepted by the validator), and side-topic
+    records of any shape that another Kafka client wrote: each gets its row, typed as
+    its table says, and the writer goes on."""
+    settings = sql_settings
+    assert settings.broker is not None
+    events = [
+        intake("R1", title="a\x00b", description="x\x00y", at="2026-06-01T09:00:00Z"),
+        decision("R1", "decline", rationale="no\x00", at="2026-06-02T09:00:00Z"),
+    ]
+    asyncio.run(publish_log(settings, events))
+    alerts = [
+        b'{"alert_id": "A1", "kind": 5, "raised_at": "not a date", "details": {"n": 1}}',
+        b"not json",
+        b'{"alert_id": "A2", "subject_id": ["R1"], "raised_at": "2026-06-30T09:00:00"}',
+    ]
+    deliveries = [b'{"alert_id": "A1", "webhook": "http://h", "attempts": "two", "at": 7}']
+    rejected = [b'{"original_bytes": "x", "inbox": {"partition": "p", "offset": 1e30}}', b"\xff"]
+
+    async def side() -> None:
+        assert settings.broker is not None
+        async with Publisher(settings, settings.broker) as publisher:
+            t = publisher.topics
+            await publisher.send_raw(t.alerts, [(b"k", v) for v in alerts])
+            await publisher.send_raw(t.deliveries, [(b"A1", v) for v in deliveries])
+            await publisher.send_raw(t.rejected, [(b"k", v) for v in rejected])
+
+    asyncio.run(side())
+    store = store_of(settings)
+    try:
+        read = asyncio.run(rebuild(settings, settings.broker, store))
+        assert read == len(events) + len(alerts) + len(deliveries) + len(rejected)
+        nul = "\ufffd" if store.dialect == "postgres" else "\x00"  # PostgreSQL holds no NUL
+        assert _query(store, "SELECT title FROM requests") == [(f"a{nul}b",)]
+        assert _query(store, "SELECT rationale FROM decisions") == [(f"no{nul}",)]
+        assert _query(store, "SELECT count(*) FROM events") == [(2,)]
+        assert _query(
+            store, "SELECT alert_id, kind, subject_id, raised_at FROM alerts ORDER BY 1"
+        ) == [("A1", None, None, None), ("A2", None, None, None)]
+        assert _query(store, "SELECT webhook, attempts, recorded_at FROM alert_deliveries") == [
+            ("http://h", None, None)
+        ]
+        assert sorted(
+            _query(store, "SELECT original_bytes, inbox_partition, inbox_offset FROM rejections")
+        ) == [(1, None, None), (len(rejected[0]), None, None)]
+    finally:
+        store.close()
