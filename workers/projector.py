@@ -84,6 +84,7 @@ class Projector:
         now = self.settings.now()
         touched_requests: dict[bytes, RequestState] = {}
         touched_customers: dict[bytes, CustomerState] = {}
+        latest: dict[tuple[bool, bytes], datetime] = {}  # each touched state's latest `when`
         alerts = _Raising(self.raised)
         for record in batch:
             try:
@@ -102,7 +103,7 @@ class Projector:
                     touched_customers[key] = folded_c
                     found = event_alerts(None, folded_c, when, self.policy, self.days, self.unit)
                     alerts.add(key, found)
-                    self._schedule(True, key, folded_c, when)
+                    latest[(True, key)] = max(when, latest.get((True, key), when))
                 continue
             key = event.data.request_id.encode()
             request = touched_requests.get(key) or self.requests.get(key)
@@ -111,7 +112,12 @@ class Projector:
                 touched_requests[key] = folded_r
                 found = event_alerts(request, folded_r, when, self.policy, self.days, self.unit)
                 alerts.add(key, found)
-                self._schedule(False, key, folded_r, when)
+                latest[(False, key)] = max(when, latest.get((False, key), when))
+        # the next deadline of each state the batch changed, once per state: crossings
+        # before its events' times were found above (`event_alerts`, as of each event)
+        for (customer, key), when in latest.items():
+            state = (touched_customers if customer else touched_requests)[key]
+            self._schedule(customer, key, state, when)
         await self._write(alerts, touched_requests, touched_customers)
 
     def _schedule(self, customer: bool, key: bytes, state: Any, after: datetime) -> None:

@@ -73,7 +73,7 @@ class Changes:
 
     def inserts(self, table: Table) -> list[Row]:
         """The rows to insert, one per key."""
-        rows = {k: r for r in self.added.get(table.name, ()) for k in [_key(table, r)]}
+        rows = {_key(table, r): r for r in self.added.get(table.name, ())}
         rows.update(self.replaced.get(table.name, {}))
         return list(rows.values())
 
@@ -246,14 +246,7 @@ class DuckStore(SqlStore):
                             f"DELETE FROM {table.name} USING (SELECT {ksel}) d WHERE {match}",
                             [list(col) for col in zip(*keys, strict=True)],
                         )
-                    rows = changes.inserts(table)
-                    if rows:
-                        sel = ", ".join(f"unnest(?::{types[c.type]}[])" for c in table.columns)
-                        conn.execute(
-                            f"INSERT OR IGNORE INTO {table.name} ({', '.join(table.names)}) "
-                            f"SELECT {sel}",
-                            [list(col) for col in zip(*rows, strict=True)],
-                        )
+                    _duck_insert(conn, table, changes.inserts(table), "INSERT OR IGNORE")
                 _store_offsets(conn, offsets, "?")
                 if before_commit is not None:
                     before_commit()
@@ -322,6 +315,19 @@ class DuckStore(SqlStore):
                 )
                 out.append(path)
         return out
+
+
+def _duck_insert(conn: Any, table: Table, rows: list[Row], verb: str) -> None:
+    """Rows into a DuckDB table as one statement over column lists (unnest): ~100 times
+    faster than executemany."""
+    if not rows:
+        return
+    types = TYPES["duckdb"]
+    sel = ", ".join(f"unnest(?::{types[c.type]}[])" for c in table.columns)
+    conn.execute(
+        f"{verb} INTO {table.name} ({', '.join(table.names)}) SELECT {sel}",
+        [list(col) for col in zip(*rows, strict=True)],
+    )
 
 
 def _quoted(path: Path) -> str:
@@ -492,13 +498,13 @@ class PostgresStore(SqlStore):
                 columns, rows = self.query(f"SELECT * FROM {table.name}")  # noqa: S608
                 cols = ", ".join(f"{c.name} {duck_types[c.type]}" for c in table.columns)
                 conn.execute(f"CREATE TABLE {table.name} ({cols})")
-                if rows:
-                    sel = ", ".join(f"unnest(?::{duck_types[c.type]}[])" for c in table.columns)
-                    values = [list(col) for col in zip(*rows, strict=True)]
-                    for i, c in enumerate(table.columns):
-                        if c.type == "json":  # psycopg hands JSONB back parsed
-                            values[i] = [None if v is None else _dumps(v) for v in values[i]]
-                    conn.execute(f"INSERT INTO {table.name} SELECT {sel}", values)
+                json_at = [i for i, c in enumerate(table.columns) if c.type == "json"]
+                rows = [  # psycopg hands JSONB back parsed
+                    tuple(_dumps(v) if i in json_at and v is not None else v
+                          for i, v in enumerate(row))
+                    for row in rows
+                ]  # fmt: skip
+                _duck_insert(conn, table, rows, "INSERT")
                 path = directory / f"{table.name}.parquet"
                 conn.execute(f"COPY {table.name} TO '{_quoted(path)}' (FORMAT parquet)")
                 out.append(path)

@@ -127,9 +127,6 @@ def up() -> None:
                 out.print(f"  publish: LEDGER_BROKER={running.bootstrap} ledger publish FILE")
             while running.all_alive():
                 time.sleep(0.5)
-            # Ctrl-C reaches every process of the group at once, and a quick one can be
-            # gone before this one has seen it: give the interrupt a moment to arrive
-            time.sleep(1.0)
             err.print("[red]a ledger process exited[/]; stopping the others")
             raise typer.Exit(1)
     except KeyboardInterrupt:
