@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from ledger.rules.policy import Policy
+from projections.metricsindex import ratio
 from projections.state import CustomerState, RequestState
 from projections.views import (
     calendar_of,
@@ -28,7 +29,6 @@ from projections.views import (
     known_customers,
     known_requests,
     percentile,
-    ratio,
     support_asks,
 )
 

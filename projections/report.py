@@ -29,15 +29,14 @@ from typing import Any
 
 from events.schema import Decision
 from ledger.rules.policy import Policy, assess
+from projections.metricsindex import RECOMMENDABLE, ratio
 from projections.state import CustomerState, RequestState
 from projections.views import (
-    RECOMMENDABLE,
     abuse,
     calendar_of,
     known_customers,
     known_requests,
     percentile,
-    ratio,
     support_asks,
 )
 

@@ -19,8 +19,9 @@ import orjson
 from events.schema import AnyEvent, Decision
 from ledger.rules.calendar import Unit
 from ledger.rules.policy import Policy, assess
+from projections.metricsindex import RECOMMENDABLE
 from projections.state import CustomerState, RequestState
-from projections.views import RECOMMENDABLE, calendar_of, customer_pattern
+from projections.views import calendar_of, customer_pattern
 
 Row = tuple[Any, ...]
 

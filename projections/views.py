@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 
 from ledger.rules.calendar import BusinessCalendar, Unit
 from ledger.rules.policy import Policy, assess
-from projections.state import CustomerState, DecisionRecord, RequestState, request_as_of
+from projections.metricsindex import Totals, part_of
+from projections.state import CustomerState, RequestState, request_as_of
 
 Row = dict[str, Any]
-RECOMMENDABLE = ("provisional_yes", "conditional_no", "decline", "hold")
 
 
 def calendar_of(policy: Policy) -> BusinessCalendar:
@@ -195,92 +195,13 @@ def percentile(values: list[int], q: float) -> float | None:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
 
-def ratio(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
-
-
 def metrics(states: Iterable[RequestState], as_of: datetime, policy: Policy) -> Row:
-    """Decision metrics over every decision up to `as_of`."""
-    cal = calendar_of(policy)
-    rules = policy.decisions
-    outcomes: Counter[str] = Counter()
-    cycle_days: list[int] = []
-    decided_requests = revisited_requests = 0
-    pilots = pilots_scaled = 0
-    recommended = overridden = 0
-    success_window = timedelta(days=rules.pilot_success_days)
-    known = known_requests(states, as_of)  # once: `states` may be an iterator
-    for s in known:
-        decisions = list(s.decisions)
-        if not decisions:
-            continue
-        decided_requests += 1
-        revisited_requests += s.revisits > 0
-        seen_cycles: set[datetime] = set()
-        for d in decisions:
-            outcomes[d.outcome] += 1
-            if d.cycle_started_at not in seen_cycles:  # first decision of each cycle
-                seen_cycles.add(d.cycle_started_at)
-                days = cal.business_days_between(d.cycle_started_at.date(), d.occurred_at.date())
-                cycle_days.append(days)
-            if d.outcome in RECOMMENDABLE and d.score is not None:
-                recommended += 1
-                overridden += assess(d.score, s.intake, policy.fair).recommendation != d.outcome
-        for yes in (d for d in decisions if d.outcome == "provisional_yes"):
-            scaled = _scaled_within(decisions, yes, success_window)
-            if scaled or as_of >= yes.occurred_at + success_window:  # the window has closed
-                pilots += 1
-                pilots_scaled += scaled
-    within = sum(1 for d in cycle_days if d <= rules.target_business_days)
-    return {
-        "as_of": as_of.isoformat(),
-        "decisions": sum(outcomes.values()),
-        "by_outcome": dict(sorted(outcomes.items())),
-        "median_business_days_to_decision": percentile(cycle_days, 0.5),
-        "p90_business_days_to_decision": percentile(cycle_days, 0.9),
-        "share_decided_within_target": ratio(within, len(cycle_days)),
-        "revisit_rate": ratio(revisited_requests, decided_requests),
-        "pilot_success_rate": ratio(pilots_scaled, pilots),
-        "override_rate": ratio(overridden, recommended),
-        **_revisits_and_bridges(known),
-        **_support_responsiveness(known, as_of, policy),
-    }
-
-
-def _revisits_and_bridges(known: list[RequestState]) -> Row:
-    """Time to revisit: calendar days from a decision to the revisit that reopened it.
-    Bridge health: of the partners we declined, the share that came back later, by a new
-    request of theirs (its first contact after the decline) or a revisit of the declined
-    request."""
-    to_revisit: list[int] = []
-    declined: dict[str, list[datetime]] = {}  # partner -> when we declined them
-    returns: dict[str, list[datetime]] = {}  # partner -> when they came (back)
-    for s in known:
-        partner = s.intake.partner_id
-        if partner:
-            returns.setdefault(partner, []).append(s.opened_at)
-        decided = [d.occurred_at for d in s.decisions]
-        for entry in s.timeline:
-            if entry.type != "revisit":
-                continue
-            before = [at for at in decided if at <= entry.occurred_at]
-            if before:
-                to_revisit.append((entry.occurred_at - max(before)).days)
-            if partner:
-                returns[partner].append(entry.occurred_at)
-        for d in s.decisions:
-            if d.outcome == "decline" and partner:
-                declined.setdefault(partner, []).append(d.occurred_at)
-    came_back = sum(
-        1
-        for partner, times in declined.items()
-        if any(at > min(times) for at in returns.get(partner, []))
-    )
-    return {
-        "median_days_to_revisit": percentile(to_revisit, 0.5),
-        "declined_partners": len(declined),
-        "bridge_health": ratio(came_back, len(declined)),
-    }
+    """Decision metrics over every decision up to `as_of`: the parts of the requests known
+    then, added up (`projections.metricsindex`, which the API keeps as states change)."""
+    totals = Totals(policy)
+    for s in known_requests(states, as_of):
+        totals.add(part_of(s, policy))
+    return totals.row(as_of)
 
 
 class SupportAsk(NamedTuple):
@@ -306,29 +227,6 @@ def support_asks(states: Iterable[RequestState], policy: Policy) -> list[Support
         days = cal.business_days_between(s.opened_at.date(), first.date())
         asks.append(SupportAsk(s, first, days))
     return asks
-
-
-def _support_responsiveness(known: list[RequestState], as_of: datetime, policy: Policy) -> Row:
-    """Our answers to partners' support asks, against the decision target."""
-    target = policy.decisions.target_business_days
-    asks = support_asks(known, policy)
-    days = [a.business_days for a in asks if a.business_days is not None]
-    waiting = len(asks) - len(days)
-    return {
-        "support_asks_answered": len(days),
-        "support_asks_unanswered": waiting,
-        "median_business_days_to_answer_support": percentile(days, 0.5),
-        "share_support_answered_within_target": ratio(
-            sum(1 for d in days if d <= target), len(days)
-        ),
-    }
-
-
-def _scaled_within(decisions: list[DecisionRecord], yes: DecisionRecord, window: timedelta) -> bool:
-    return any(
-        d.outcome == "scaled" and yes.occurred_at <= d.occurred_at <= yes.occurred_at + window
-        for d in decisions
-    )
 
 
 def request_view(state: RequestState, as_of: datetime, policy: Policy) -> Row | None:

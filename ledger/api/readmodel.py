@@ -24,11 +24,13 @@ from ledger.adapters.config import Settings
 from ledger.adapters.topics import Topics
 from ledger.rules.policy import Policy
 from projections.listindex import ListIndex
+from projections.metricsindex import Part, Totals, part_of
 from projections.state import CustomerState, RequestState
 from workers.projector import table_names
 from workers.runtime import changelog_topic
 
 MAX_ALERTS = 1000
+SUM_SLICE = 500  # request states summed into the metrics between turns of the event loop
 log = logging.getLogger(__name__)
 
 
@@ -97,6 +99,10 @@ class ReadModel:
         # the pipeline's and the overdue list's indexes, kept as request states change
         self.index = ListIndex(policy or Policy(), settings.overdue_days, settings.overdue_unit)
         self.index_ok = True  # False once a state could not be indexed: views answer
+        # the decision metrics, added up from each request's part as its state changes
+        self.totals = Totals(policy or Policy())
+        self._parts: dict[str, Part] = {}
+        self._unsummed: set[str] = set()  # requests changed since their part was taken
         self._settings = settings
         self._bootstrap = bootstrap
         self._consumer: AIOKafkaConsumer | None = None
@@ -109,6 +115,38 @@ class ReadModel:
     def indexed(self, as_of: datetime) -> ListIndex | None:
         """The list index, when it answers as of `as_of` (else: refold with the views)."""
         return self.index if self.index_ok and self.index.covers(as_of) else None
+
+    async def metrics(self, as_of: datetime) -> dict[str, Any] | None:
+        """The decision metrics as of `as_of` from the running totals (None: they do not
+        answer as of then, refold with the views). The parts of requests changed since the
+        last call are taken first, a slice at a time, so the event loop keeps its turn."""
+        while self._unsummed and self.index_ok:
+            self.sum_parts(SUM_SLICE)
+            await asyncio.sleep(0)
+        if self.indexed(as_of) is None:
+            return None
+        return self.totals.row(as_of)
+
+    def sum_parts(self, most: int) -> None:
+        """Take the parts of up to `most` changed requests into the totals."""
+        cache = self._caches[self.requests_topic]
+        for _ in range(min(most, len(self._unsummed))):
+            key = self._unsummed.pop()
+            old = self._parts.pop(key, None)
+            if old is not None:
+                self.totals.remove(old)
+            raw = cache.raw.get(key)
+            if raw is None:
+                continue
+            try:
+                state = cache.parsed.get(key) or RequestState.model_validate_json(raw)
+                part = part_of(state, self.totals.policy)
+            except ValueError:
+                log.exception("request %s cannot be summed: metrics refold instead", key)
+                self.index_ok = False
+                return
+            self._parts[key] = part
+            self.totals.add(part)
 
     def requests(self) -> list[RequestState]:
         return self._caches[self.requests_topic].all()
@@ -187,6 +225,8 @@ class ReadModel:
             refreshed = asyncio.get_running_loop().time()
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=20_000)
+                if not any(batches.values()) and self._unsummed:
+                    self.sum_parts(SUM_SLICE)  # idle: keep the metrics' totals warm
                 for tp, records in batches.items():
                     self._apply(tp.topic, records)
                     if records:
@@ -250,6 +290,8 @@ class ReadModel:
                 continue
             key = record.key.decode()
             cache.put(key, record.value)
+            if topic == self.requests_topic:
+                self._unsummed.add(key)
             if topic == self.requests_topic and self.index_ok:
                 try:
                     self.index.put(key, record.value)

@@ -20,21 +20,21 @@ from projections import views
 
 
 async def test_health_answers_while_heavy_views_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    def slow_metrics(*_: Any) -> dict[str, Any]:
+    def slow_abuse(*_: Any) -> list[dict[str, Any]]:
         time.sleep(1.0)  # a walk over every state of a big ledger
-        return {}
+        return []
 
-    monkeypatch.setattr(views, "metrics", slow_metrics)
+    monkeypatch.setattr(views, "abuse", slow_abuse)
     settings = Settings()
     api = Api(settings, Policy())
     app = web.Application()
     app[READ_MODEL] = ReadModel(settings, "127.0.0.1:1")
     app[STREAM] = StreamWatch(settings, "127.0.0.1:1")
     app.router.add_get("/health", api.health)
-    app.router.add_get("/metrics/decisions", api.metrics)
+    app.router.add_get("/customers/abuse", api.abuse)
     async with TestClient(TestServer(app)) as client:
         heavy = [
-            asyncio.create_task(client.get("/metrics/decisions")) for _ in range(HEAVY_AT_ONCE + 1)
+            asyncio.create_task(client.get("/customers/abuse")) for _ in range(HEAVY_AT_ONCE + 1)
         ]
         while not api.heavy.locked():  # as many walks running as may run at once
             await asyncio.sleep(0.01)
