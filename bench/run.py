@@ -168,6 +168,11 @@ async def ledger_run(
             "digest_ok": got == digest_of(want),
             "difference": None if got == digest_of(want) else first_difference(newest, want),
             "metrics_ok": api_metrics == want_metrics and total == want_total,
+            "cpu": {
+                "validator": cpu_s(validator.pid),
+                "projector": cpu_s(projector.pid),
+                "API": cpu_s(api.pid),
+            },
             "rss": {
                 "validator": peak_rss_mb(validator.pid),
                 "projector": peak_rss_mb(projector.pid),
@@ -195,6 +200,12 @@ def quix_run(settings: Settings, topic: str, n: int, state_dir: Path) -> dict[st
         raise SystemExit(f"the Quix peer failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result: dict[str, Any] = orjson.loads(lines[-1])
     return result
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def versions() -> str:
@@ -234,6 +245,7 @@ def table(n_requests: int, n: int, results: dict[str, Any]) -> str:
     ok = "equal" if ours["digest_ok"] and ours["metrics_ok"] and quix["digest_ok"] else "DIFFER"
     met = "met" if n / ours["seconds"] >= 25_000 else "not met"
     flushed = quix["flushed"] - quix["first"]
+    cpu = ", ".join(f"{k} {v:,.1f} s" for k, v in ours["cpu"].items())
     rss = ", ".join(f"{k} {v:,.0f} MB" for k, v in ours["rss"].items())
     lines = [
         BEGIN,
@@ -254,7 +266,8 @@ def table(n_requests: int, n: int, results: dict[str, Any]) -> str:
         f"{'=' if ours['digest_ok'] else '≠'}, API metrics and pipeline total "
         f"{'=' if ours['metrics_ok'] else '≠'}, Quix peer's state digest "
         f"{'=' if quix['digest_ok'] else '≠'}). Peak RSS: {rss}; Quix peer "
-        f"{quix['peak_rss_mb']:,.0f} MB.",
+        f"{quix['peak_rss_mb']:,.0f} MB. CPU of the ledger's processes over the run (warm-up "
+        f"and start-up included): {cpu}.",
         END,
     ]
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from workers.runtime import changelog_topic
 
 MAX_ALERTS = 1000
 SUM_SLICE = 500  # request states summed into the metrics between turns of the event loop
+IDLE_S = 1.0  # no changelog record for this long: the stream has paused
 log = logging.getLogger(__name__)
 
 
@@ -222,11 +223,15 @@ class ReadModel:
             await consumer.seek_to_beginning(*partitions)
             self._positions = dict(await consumer.beginning_offsets(partitions))
             self._targets = dict(await consumer.end_offsets(partitions))
-            refreshed = asyncio.get_running_loop().time()
+            refreshed = last_record = asyncio.get_running_loop().time()
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=20_000)
-                if not any(batches.values()) and self._unsummed:
-                    self.sum_parts(SUM_SLICE)  # idle: keep the metrics' totals warm
+                if any(batches.values()):
+                    last_record = asyncio.get_running_loop().time()
+                elif self._unsummed and asyncio.get_running_loop().time() - last_record > IDLE_S:
+                    # the stream has paused: warm the metrics' totals (while it flows, the
+                    # CPU is the stream's; a query sums what changed since the last one)
+                    self.sum_parts(SUM_SLICE)
                 for tp, records in batches.items():
                     self._apply(tp.topic, records)
                     if records:

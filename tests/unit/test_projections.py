@@ -320,3 +320,11 @@ def test_any_admissible_arrival_order_folds_to_the_same_state_and_views(
         assert customer_view(state, AS_OF, POLICY) == customer_view(later, AS_OF, POLICY)
     ca, cb = in_order.customers.values(), shuffled.customers.values()
     assert abuse(ca, AS_OF, POLICY) == abuse(cb, AS_OF, POLICY)
+
+
+def test_event_ids_order_as_their_text_does() -> None:
+    """fold_order ties by the UUID itself: the same order as the ids' canonical text."""
+    import uuid
+
+    ids = [uuid.uuid4() for _ in range(2000)] + [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1)]
+    assert sorted(ids) == sorted(ids, key=str)
