@@ -13,8 +13,11 @@ state, and the views refold it (`projections.views`, which these answers equal).
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
+from heapq import merge
+from itertools import groupby, islice
 from typing import Any, NamedTuple
 
 import orjson
@@ -137,22 +140,41 @@ class ListIndex:
 
     def overdue_order(self, as_of: datetime) -> list[Overdue]:
         """The overdue list's order and what orders it, without building its rows."""
+        return list(self.iter_overdue(as_of))
+
+    def overdue_count(self, as_of: datetime) -> int:
+        """How many rows the overdue list has as of `as_of`: prefixes' lengths, O(log n)."""
+        day = (as_of.date(), "")
+        return sum(
+            _count_before(items, as_of) for items in (self.decision_due, self.hold_due)
+        ) + sum(bisect_left(days, day) for days in (self.revisit_on, self.review_on))
+
+    def iter_overdue(self, as_of: datetime) -> Iterator[Overdue]:
+        """The overdue list in its order, lazily: most overdue first, then by request and
+        reason. Each rule's candidates are sorted by when they fell due, and how overdue
+        one is never grows with a later due, so each rule's list is already in order but
+        for ties, which are sorted as they come; the four are merged. Taking the first k
+        rows costs about k (plus the ties at the k-th), not the whole list."""
         cal = calendar_of(self.policy)
-        found: list[Overdue] = []
-        for reason, items in (("decision_overdue", self.decision_due),
-                              ("hold_overdue", self.hold_due)):  # fmt: skip
+
+        def due(reason: str, items: list[tuple[datetime, str]]) -> Iterator[Overdue]:
             # strictly after the deadline: a prefix of the list sorted by deadline
-            for due, request_id in items[: _count_before(items, as_of)]:
-                if as_of > due:
-                    over = days_over(cal, due, as_of, self.unit)
-                    found.append(Overdue(-over, request_id, reason, due))
-        for reason, days in (("revisit_overdue", self.revisit_on),
-                             ("pilot_review_overdue", self.review_on)):  # fmt: skip
-            for day, request_id in days[: bisect_left(days, (as_of.date(), ""))]:
+            for at, request_id in islice(items, _count_before(items, as_of)):
+                if as_of > at:
+                    over = days_over(cal, at, as_of, self.unit)
+                    yield Overdue(-over, request_id, reason, at)
+
+        def dated(reason: str, days: list[tuple[date, str]]) -> Iterator[Overdue]:
+            for day, request_id in islice(days, bisect_left(days, (as_of.date(), ""))):
                 for _, since, over in past_date(reason, day, as_of):
-                    found.append(Overdue(-over, request_id, reason, since))
-        found.sort()
-        return found
+                    yield Overdue(-over, request_id, reason, since)
+
+        streams = [
+            due("decision_overdue", self.decision_due), due("hold_overdue", self.hold_due),
+            dated("revisit_overdue", self.revisit_on),
+            dated("pilot_review_overdue", self.review_on),
+        ]  # fmt: skip
+        return merge(*(_ties_sorted(stream) for stream in streams))
 
     def overdue_row(self, o: Overdue) -> Row:
         e = self.entries[o.request_id]
@@ -169,6 +191,12 @@ class Overdue(NamedTuple):
     request_id: str
     reason: str
     since: datetime
+
+
+def _ties_sorted(stream: Iterator[Overdue]) -> Iterator[Overdue]:
+    """A stream in order of `minus_days` made fully sorted: each run of ties sorted."""
+    for _, ties in groupby(stream, key=lambda o: o.minus_days):
+        yield from sorted(ties)
 
 
 def _count_before(items: list[tuple[datetime, str]], as_of: datetime) -> int:

@@ -13,10 +13,11 @@ import csv
 import hmac
 import io
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from itertools import dropwhile, islice
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web, web_protocol
@@ -44,6 +45,7 @@ from ledger.rules.policy import Policy, load_policy
 from projections import messages, report_pages, views
 from projections import partners as partner_views
 from projections import report as report_figures
+from projections.listindex import ListIndex
 from projections.state import request_as_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -150,9 +152,16 @@ def _limit(request: web.Request, cursor: dict[str, Any] | None) -> int | None:
     return limit
 
 
+class Rows(Protocol):
+    """A list's rows in order, and how many: a list, or one made as it is read."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+
 async def _listing(
     request: web.Request,
-    rows: list[dict[str, Any]],
+    rows: Rows,
     columns: list[str],
     key: Key,
     as_of: datetime,
@@ -168,27 +177,28 @@ async def _listing(
     cursor = _cursor(request)
     limit = _limit(request, cursor)
     headers: dict[str, str] = {}
-    page = rows
+    page: Iterable[dict[str, Any]] = rows
     paged: dict[str, Any] | None = None
     if limit is not None:
-        start = 0
+        remaining: Iterator[dict[str, Any]] = iter(rows)
         if cursor is not None:
             after = _tuple(cursor["after"])
-            start = len(rows)
-            try:
-                for i, row in enumerate(rows):
-                    k = key(row)
-                    if (k < after) if newest_first else (k > after):
-                        start = i
-                        break
-            except TypeError:  # a key of another shape: not from this list
-                raise Problem(
-                    422, "invalid_parameter", {"cursor": "not a cursor of this list"}
-                ) from None
-        page = rows[start : start + limit]
+
+            def before_or_at(row: dict[str, Any]) -> bool:
+                k = key(row)
+                return (k >= after) if newest_first else (k <= after)
+
+            remaining = dropwhile(before_or_at, remaining)
+        try:
+            taken = list(islice(remaining, limit + 1))  # one more: is there a next page?
+        except TypeError:  # a key of another shape: not from this list
+            raise Problem(
+                422, "invalid_parameter", {"cursor": "not a cursor of this list"}
+            ) from None
+        page = taken[:limit]
         next_cursor = None
-        if start + limit < len(rows):
-            token = {"as_of": as_of.isoformat(), "after": list(key(page[-1])),
+        if len(taken) > limit:
+            token = {"as_of": as_of.isoformat(), "after": list(key(taken[limit - 1])),
                      "query": _query_of(request), "limit": limit}  # fmt: skip
             next_cursor = base64.urlsafe_b64encode(orjson.dumps(token)).decode().rstrip("=")
             headers["X-Next-Cursor"] = next_cursor
@@ -196,12 +206,52 @@ async def _listing(
         paged = {"items": page, "total": len(rows), "next_cursor": next_cursor,
                  "as_of": as_of.isoformat()}  # fmt: skip
     if build is not None:
-        page = await build(page)
+        page = await build(list(page))
         if paged is not None:
             paged["items"] = page
+    page = page if isinstance(page, list) else list(page)
     if _wants_csv(request):
         return await _stream_csv(request, page, columns, headers)
     return _json(paged if paged is not None else page, headers=headers)
+
+
+class _OpenOrder:
+    """The pipeline's open requests from the index, read as the page needs them (without
+    filters, nothing is copied: the index's own sorted list is walked)."""
+
+    def __init__(
+        self, index: ListIndex, owner: str | None, kind: str | None, stage: str | None
+    ) -> None:
+        self.index = index
+        self.ids: list[str] | None = None
+        if owner or kind or stage:
+            self.ids = index.open_requests(owner, kind, stage)
+
+    def __len__(self) -> int:
+        return len(self.ids) if self.ids is not None else len(self.index.open)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.ids is None:
+            for opened, request_id in self.index.open:
+                yield {"opened_at": opened, "request_id": request_id}
+            return
+        for request_id in self.ids:
+            yield {"opened_at": self.index.entries[request_id].opened, "request_id": request_id}
+
+
+class _OverdueOrder:
+    """The overdue list from the index: its length at once, its rows as they are read."""
+
+    def __init__(self, index: ListIndex, as_of: datetime) -> None:
+        self.index, self.as_of = index, as_of
+
+    def __len__(self) -> int:
+        return self.index.overdue_count(self.as_of)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for o in self.index.iter_overdue(self.as_of):
+            yield {"days_overdue": -o.minus_days, "request_id": o.request_id,
+                   "reason": o.reason, "_at": o}  # fmt: skip
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:
@@ -321,8 +371,7 @@ class Api:
         model = request.app[READ_MODEL]
         index = model.indexed(as_of)
         if index is not None:  # the open requests, in order, from the index
-            ids = index.open_requests(q.get("owner"), q.get("kind"), stage)
-            keys = [{"opened_at": index.entries[r].opened, "request_id": r} for r in ids]
+            keys = _OpenOrder(index, q.get("owner"), q.get("kind"), stage)
 
             async def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 states = [model.request(r["request_id"]) for r in page]
@@ -363,11 +412,9 @@ class Api:
         model = request.app[READ_MODEL]
         index = model.indexed(as_of)
         if index is not None and days in (None, self.settings.overdue_days):
-            # from the index's entries (no state is read); rows for the page only
-            order = [
-                {"days_overdue": -o.minus_days, "request_id": o.request_id, "reason": o.reason,
-                 "_at": o} for o in index.overdue_order(as_of)
-            ]  # fmt: skip
+            # from the index's entries (no state is read), in order as it is read: a
+            # page costs its rows (and those before it), not the whole list
+            order = _OverdueOrder(index, as_of)
 
             async def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 return [index.overdue_row(r["_at"]) for r in page]

@@ -217,6 +217,8 @@ async def test_every_route_answers_the_fold_of_the_log(
     for path, whole in (
         ("/pipeline?owner=a.lindqvist", pipeline(requests, AS_OF, POLICY, owner="a.lindqvist")),
         ("/overdue?days=5", overdue(requests, AS_OF, POLICY, days=5)),
+        ("/overdue", overdue(requests, AS_OF, POLICY)),  # from the index, read lazily
+        ("/pipeline", pipeline(requests, AS_OF, POLICY)),  # likewise
         ("/customers/abuse", abuse(customers, AS_OF, POLICY)),
         ("/partners", everyone),
     ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from itertools import islice
 
 import pytest
 
@@ -35,6 +36,9 @@ def test_the_index_kept_as_states_change_answers_like_the_views(unit: str) -> No
     for as_of in (UNTIL, UNTIL + timedelta(hours=13), UNTIL + timedelta(days=40)):
         want = overdue(states, as_of, POLICY, days=10, unit=unit)  # type: ignore[arg-type]
         assert index.overdue(as_of) == want
+        assert index.overdue_count(as_of) == len(want)
+        first = list(islice(index.iter_overdue(as_of), 7))  # lazily: a page of the order
+        assert [index.overdue_row(o) for o in first] == want[:7]
         assert len({r["reason"] for r in want}) == 4
     for filters in ({}, {"owner": "a.lindqvist"}, {"stage": "scored"}, {"kind": "vendor_support"}):
         want_ids = [r["request_id"] for r in pipeline(states, UNTIL, POLICY, **filters)]
