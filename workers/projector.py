@@ -59,8 +59,9 @@ class Projector:
         self.producer = producer
         self.topics = Topics(prefix)
         requests_name, customers_name = table_names(prefix)
-        self.requests = make_table(settings, requests_name, *_codec(RequestState))
-        self.customers = make_table(settings, customers_name, *_codec(CustomerState))
+        cache = settings.cache_states
+        self.requests = make_table(settings, requests_name, *_codec(RequestState), cache)
+        self.customers = make_table(settings, customers_name, *_codec(CustomerState), cache)
         self.raised = make_table(settings, f"{prefix}alerts-raised")
         self.policy: Policy = load_policy(settings.policy_file)
         self.days: int = settings.overdue_days
@@ -75,7 +76,7 @@ class Projector:
     async def _taken_over(self, partitions: set[int]) -> None:
         """States recovered for new partitions: each checked at the next tick."""
         for table in (self.requests, self.customers):
-            for partition, key, _ in table.owned():
+            for partition, key in table.owned_keys():
                 if partition in partitions:
                     self.due.put(table is self.customers, key, EVER)
 
@@ -163,7 +164,7 @@ class Projector:
                 state = table.get(key)
                 if state is None:  # its partition went to another worker
                     continue
-                partition = table.partition_of[key]
+                partition = table.partition(key)
                 if not (partition in ready or self.live(partition, now)):
                     waiting.append((customer, key))
                     continue

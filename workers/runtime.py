@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,15 @@ class Table:
         self.data: dict[bytes, Any] = {}
         self.partition_of: dict[bytes, int] = {}
 
+    def partition(self, key: bytes) -> int:
+        return partition_for(key, self.partitions)
+
     def get(self, key: bytes) -> Any:
         return self.data.get(key)
+
+    def owned_keys(self) -> list[tuple[int, bytes]]:
+        """(partition, key) of every state held."""
+        return [(self.partition_of[k], k) for k in list(self.data)]
 
     def owned(self) -> Iterable[tuple[int, bytes, Any]]:
         return [(self.partition_of[k], k, v) for k, v in list(self.data.items())]
@@ -141,6 +149,112 @@ class Table:
                     self.partition_of.pop(key, None)
                 else:
                     self.data[key] = self.load(value)
+                    self.partition_of[key] = partition
+            return count
+        finally:
+            await reader.stop()
+
+
+class JsonTable(Table):
+    """A `Table` that holds each value as its changelog bytes (what `dump` made of it,
+    already sent), and only the `cache_states` most recently used also as objects: a
+    batch still neither parses nor validates the states it is working on, but a state at
+    rest costs its JSON rather than its objects (a request's JSON is ~6x smaller than its
+    pydantic objects), and recovery from the changelog parses nothing."""
+
+    def __init__(
+        self,
+        prefix: str,
+        name: str,
+        partitions: int,
+        load: Callable[[bytes], Any] = _json_load,
+        dump: Callable[[Any], bytes] = _json_dump,
+        cache_states: int = 20_000,
+    ) -> None:
+        super().__init__(prefix, name, partitions, load, dump)
+        self.cache: OrderedDict[bytes, Any] = OrderedDict()
+        self.cache_states = cache_states
+
+    def _remember(self, key: bytes, value: Any) -> None:
+        cache = self.cache
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > self.cache_states:
+            cache.popitem(last=False)
+
+    def _raw(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def get(self, key: bytes) -> Any:
+        value = self.cache.get(key)
+        if value is not None:
+            self.cache.move_to_end(key)
+            return value
+        raw = self._raw(key)
+        if raw is None:
+            return None
+        value = self.load(raw)
+        self._remember(key, value)
+        return value
+
+    def owned(self) -> Iterable[tuple[int, bytes, Any]]:
+        for partition, key in self.owned_keys():
+            value = self.cache.get(key)
+            yield partition, key, value if value is not None else self.load(self.data[key])
+
+    def apply(
+        self,
+        values: Mapping[bytes, Any],
+        changes: Sequence[Outgoing] = (),
+        acked: Sequence[Any] = (),
+    ) -> None:
+        encoded = {c.key: c.value for c in changes}
+        for key, value in values.items():
+            raw = encoded.get(key)
+            self.data[key] = raw if raw is not None else self.dump(value)
+            self.partition_of[key] = partition_for(key, self.partitions)
+            self._remember(key, value)
+
+    def drop(self, partitions: set[int]) -> None:
+        for key in [k for k, p in self.partition_of.items() if p in partitions]:
+            del self.data[key]
+            del self.partition_of[key]
+            self.cache.pop(key, None)
+
+    async def recover(self, settings: Settings, bootstrap: str, partitions: set[int]) -> int:
+        if not partitions:
+            return 0
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            **settings.kafka_client_options(),
+        )
+        await reader.start()
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
+        try:
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)  # exact: every changelog write is sealed
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            count = 0
+            while remaining:
+                batches = await reader.getmany(*remaining, timeout_ms=500, max_records=50_000)
+                for tp, records in batches.items():
+                    for record in records:
+                        count += 1
+                        if record.key is not None:
+                            latest[record.key] = (tp.partition, record.value)
+                    if records and records[-1].offset + 1 >= ends[tp]:
+                        remaining.discard(tp)
+            for key, (partition, value) in latest.items():  # parsed when first used
+                self.cache.pop(key, None)
+                if value is None:
+                    self.data.pop(key, None)
+                    self.partition_of.pop(key, None)
+                else:
+                    self.data[key] = value
                     self.partition_of[key] = partition
             return count
         finally:
@@ -316,7 +430,7 @@ async def write_tables(
 OFFSET_KEY = b"\x00changelog-offset"
 
 
-class RocksTable(Table):
+class RocksTable(JsonTable):
     """A `Table` kept in RocksDB on local disk (one database per partition, via rocksdict).
 
     Each database remembers the changelog offset it holds, so a restarted worker reads
@@ -331,8 +445,9 @@ class RocksTable(Table):
         directory: Path,
         load: Callable[[bytes], Any] = _json_load,
         dump: Callable[[Any], bytes] = _json_dump,
+        cache_states: int = 20_000,
     ) -> None:
-        super().__init__(prefix, name, partitions, load, dump)
+        super().__init__(prefix, name, partitions, load, dump, cache_states)
         from rocksdict import Rdict  # optional dependency: the `rocksdb` extra
 
         self._open = Rdict
@@ -347,12 +462,20 @@ class RocksTable(Table):
             db = self._dbs[partition] = self._open(str(path))
         return db
 
-    def get(self, key: bytes) -> Any:
+    def _raw(self, key: bytes) -> bytes | None:
         partition = partition_for(key, self.partitions)
         if partition not in self._dbs:
             return None
-        raw = self._dbs[partition].get(key)
-        return None if raw is None else self.load(raw)
+        raw: bytes | None = self._dbs[partition].get(key)
+        return raw
+
+    def owned_keys(self) -> list[tuple[int, bytes]]:
+        return [
+            (partition, key)
+            for partition, db in list(self._dbs.items())
+            for key in db.keys()  # noqa: SIM118 - an Rdict, not a dict
+            if key != OFFSET_KEY
+        ]
 
     def owned(self) -> Iterable[tuple[int, bytes, Any]]:
         for partition, db in list(self._dbs.items()):
@@ -372,6 +495,7 @@ class RocksTable(Table):
             self._db(partition_for(key, self.partitions))[key] = (
                 raw if raw is not None else self.dump(value)
             )
+            self._remember(key, value)
         for metadata in acked:
             db = self._db(metadata.partition)
             held = db.get(OFFSET_KEY)
@@ -379,6 +503,8 @@ class RocksTable(Table):
                 db[OFFSET_KEY] = str(metadata.offset).encode()
 
     def drop(self, partitions: set[int]) -> None:
+        for key in [k for k in self.cache if partition_for(k, self.partitions) in partitions]:
+            del self.cache[key]
         for partition in partitions:
             db = self._dbs.pop(partition, None)
             if db is not None:
@@ -412,6 +538,7 @@ class RocksTable(Table):
                         count += 1
                         if record.key is None:
                             continue
+                        self.cache.pop(record.key, None)
                         if record.value is None:
                             db.delete(record.key)
                         else:
@@ -430,9 +557,15 @@ def make_table(
     name: str,
     load: Callable[[bytes], Any] = _json_load,
     dump: Callable[[Any], bytes] = _json_dump,
+    cache_states: int | None = None,
 ) -> Table:
-    """The table store the settings ask for (`LEDGER_STORE`)."""
+    """The table store the settings ask for (`LEDGER_STORE`): on RocksDB, or in memory as
+    objects, or (`cache_states` given) in memory as JSON with that many as objects."""
+    prefix, partitions = settings.topic_prefix, settings.partitions
     if settings.store == "rocksdb":
         directory = settings.data_dir / "worker" / settings.topic_prefix.rstrip(".") / "tables"
-        return RocksTable(settings.topic_prefix, name, settings.partitions, directory, load, dump)
-    return Table(settings.topic_prefix, name, settings.partitions, load, dump)
+        cached = cache_states or settings.cache_states
+        return RocksTable(prefix, name, partitions, directory, load, dump, cached)
+    if cache_states is not None:
+        return JsonTable(prefix, name, partitions, load, dump, cache_states)
+    return Table(prefix, name, partitions, load, dump)

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     sql_url: str | None = None
     sql_interval_s: float = Field(1.0, gt=0, le=60)
     sql_cache_states: int = Field(5000, ge=0)
+    # request and customer states the projector keeps as objects (the rest as their JSON)
+    cache_states: int = Field(20_000, ge=1)
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int | None = Field(None, ge=1)
     # what a `python -m workers` process runs: both stages (`all`), or one, so that the

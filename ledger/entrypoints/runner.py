@@ -66,6 +66,7 @@ def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
         LEDGER_SQL_INTERVAL_S=str(settings.sql_interval_s),
         LEDGER_WORKER_ROLE=settings.worker_role,
         LEDGER_SQL_CACHE_STATES=str(settings.sql_cache_states),
+        LEDGER_CACHE_STATES=str(settings.cache_states),
     )
     for name, value in (
         ("LEDGER_CLOCK", settings.clock),
