@@ -39,10 +39,15 @@ EVENT_IDS = b'"event_ids":['
 
 
 class _Cache:
-    def __init__(self, model: Any) -> None:
+    """Each key's newest state as its JSON; the `keep` most recently asked for also parsed
+    (a walk over every state parses them for that walk only: the API's memory grows with
+    the JSON, not with every state's objects)."""
+
+    def __init__(self, model: Any, keep: int = 20_000) -> None:
         self.model = model
+        self.keep = keep
         self.raw: dict[str, bytes] = {}
-        self.parsed: dict[str, Any] = {}
+        self.parsed: OrderedDict[str, Any] = OrderedDict()
         self.events: dict[str, int] = {}  # how many event ids each state holds
         self.total_events = 0  # their sum, kept as records arrive: /health reads it
 
@@ -74,13 +79,23 @@ class _Cache:
     def get(self, key: str) -> Any:
         if key not in self.raw:
             return None
-        state = self.parsed.get(key)
-        if state is None:
-            state = self.parsed[key] = self.model.model_validate_json(self.raw[key])
+        parsed = self.parsed
+        state = parsed.get(key)
+        if state is not None:
+            parsed.move_to_end(key)
+            return state
+        state = parsed[key] = self.model.model_validate_json(self.raw[key])
+        while len(parsed) > self.keep:
+            parsed.popitem(last=False)
         return state
 
     def all(self) -> list[Any]:
-        return [self.get(key) for key in list(self.raw)]
+        parsed, raw, parse = self.parsed, self.raw, self.model.model_validate_json
+        out = []
+        for key in list(raw):
+            state = parsed.get(key)
+            out.append(state if state is not None else parse(raw[key]))
+        return out
 
 
 class ReadModel:
@@ -91,8 +106,8 @@ class ReadModel:
         self.requests_topic = changelog_topic(prefix, requests_table)
         self.customers_topic = changelog_topic(prefix, customers_table)
         self._caches = {
-            self.requests_topic: _Cache(RequestState),
-            self.customers_topic: _Cache(CustomerState),
+            self.requests_topic: _Cache(RequestState, settings.cache_states),
+            self.customers_topic: _Cache(CustomerState, settings.cache_states),
         }
         self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by alert_id, oldest first
         self.deliveries: dict[str, dict[str, dict[str, Any]]] = {}  # alert_id -> url -> record
