@@ -46,6 +46,7 @@ from projections.state import CustomerState, RequestState, apply_customer, apply
 from workers.runtime import Processor, Table, make_table, send_all, write_tables
 
 REPLAY_LAG = timedelta(hours=1)
+CHECK_SLICE = 2000  # due states checked under the stream's lock at a time
 
 
 def table_names(prefix: str) -> tuple[str, str]:
@@ -152,32 +153,40 @@ class Projector:
         A partition is judged as of now only once its log has been handled to the end
         (or its traffic is live): half-way through replaying history, a state is not
         yet what it will be by "now", and would raise crossings that never happened;
-        its due states wait for the next tick.
+        its due states wait for the next tick, unread. The due states are checked
+        `CHECK_SLICE` at a time, the stream's lock let go in between: a partition taken
+        over has every state due at once, and the stream must not wait for them all.
         """
-        async with self.processor.lock:
-            now = self.settings.now()
-            ready = await self.processor.caught_up()
-            alerts = _Raising(self.raised)
-            waiting = []
-            for customer, key in self.due.pop_due(now):
-                table = self.customers if customer else self.requests
-                state = table.get(key)
-                if state is None:  # its partition went to another worker
-                    continue
-                partition = table.partition(key)
-                if not (partition in ready or self.live(partition, now)):
-                    waiting.append((customer, key))
-                    continue
-                if customer:
-                    alerts.add(key, customer_alerts(state, now, self.policy))
-                else:
-                    alerts.add(key, request_alerts(state, now, self.policy, self.days, self.unit))
-                self._schedule(customer, key, state, now)
-            for customer, key in waiting:
-                self.due.put(customer, key, EVER)
-            if alerts.alerts:
-                await self._write(alerts, {}, {})
-            return len(alerts.alerts)
+        now = self.settings.now()
+        raised = 0
+        waiting: list[tuple[bool, bytes]] = []
+        due = self.due.pop_due(now)
+        for start in range(0, max(len(due), 1), CHECK_SLICE):
+            async with self.processor.lock:
+                ready = await self.processor.caught_up()
+                alerts = _Raising(self.raised)
+                for customer, key in due[start : start + CHECK_SLICE]:
+                    table = self.customers if customer else self.requests
+                    partition = table.partition(key)
+                    if not (partition in ready or self.live(partition, now)):
+                        waiting.append((customer, key))
+                        continue
+                    state = table.get(key)
+                    if state is None:  # its partition went to another worker
+                        continue
+                    if customer:
+                        alerts.add(key, customer_alerts(state, now, self.policy))
+                    else:
+                        found = request_alerts(state, now, self.policy, self.days, self.unit)
+                        alerts.add(key, found)
+                    self._schedule(customer, key, state, now)
+                if alerts.alerts:
+                    await self._write(alerts, {}, {})
+                raised += len(alerts.alerts)
+            await asyncio.sleep(0)  # the stream's turn
+        for customer, key in waiting:
+            self.due.put(customer, key, EVER)
+        return raised
 
     async def run_timer(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -63,3 +63,19 @@ def test_the_alert_timer_finds_a_due_states_partition(store: str, tmp_path: Path
     assert asyncio.run(projector.check()) == 0  # its partition's log is not handled yet: waits
     waiting: Any = projector.due
     assert len(waiting) == 1
+
+
+def test_the_timer_reads_no_state_whose_partition_is_not_ready(tmp_path: Path) -> None:
+    """A partition taken over has every state due at once; while its log is replayed the
+    timer must not parse them all (under the stream's lock) only to put them back."""
+    settings = Settings(data_dir=tmp_path, clock=UNTIL.isoformat(), cache_states=1)
+    projector = Projector(settings, producer=None)  # type: ignore[arg-type]
+    values = states()
+    projector.requests.apply(values, projector.requests.changes(values))
+    loads = []
+    parse = projector.requests.load
+    projector.requests.load = lambda raw: loads.append(raw) or parse(raw)  # type: ignore[method-assign]
+    for key in values:
+        projector.due.put(False, key, EVER)
+    assert asyncio.run(projector.check()) == 0
+    assert loads == [] and len(projector.due) == len(values)  # all still due, none parsed
