@@ -135,9 +135,13 @@ class ReadModel:
     async def metrics(self, as_of: datetime) -> dict[str, Any] | None:
         """The decision metrics as of `as_of` from the running totals (None: they do not
         answer as of then, refold with the views). The parts of requests changed since the
-        last call are taken first, a slice at a time, so the event loop keeps its turn."""
-        while self._unsummed and self.index_ok:
-            self.sum_parts(SUM_SLICE)
+        last call are taken first, a slice at a time, so the event loop keeps its turn (as
+        many as had changed when it was asked: a stream faster than the summing cannot keep
+        it answering for ever; what changes meanwhile is summed next time)."""
+        budget = len(self._unsummed)
+        while budget > 0 and self._unsummed and self.index_ok:
+            self.sum_parts(min(SUM_SLICE, budget))
+            budget -= SUM_SLICE
             await asyncio.sleep(0)
         if self.indexed(as_of) is None:
             return None
