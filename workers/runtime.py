@@ -143,16 +143,20 @@ class Table:
                             latest[record.key] = (tp.partition, record.value)
                     if records and records[-1].offset + 1 >= ends[tp]:
                         remaining.discard(tp)
-            for key, (partition, value) in latest.items():  # only the newest value is parsed
+            for key, (partition, value) in latest.items():  # only each key's newest
                 if value is None:
                     self.data.pop(key, None)
                     self.partition_of.pop(key, None)
                 else:
-                    self.data[key] = self.load(value)
+                    self.data[key] = self._recovered(value)
                     self.partition_of[key] = partition
             return count
         finally:
             await reader.stop()
+
+    def _recovered(self, raw: bytes) -> Any:
+        """What the table holds for a value read back from its changelog."""
+        return self.load(raw)
 
 
 class JsonTable(Table):
@@ -215,50 +219,20 @@ class JsonTable(Table):
             self.partition_of[key] = partition_for(key, self.partitions)
             self._remember(key, value)
 
+    def _forget(self, partitions: set[int]) -> None:
+        for key in [k for k in self.cache if self.partition(k) in partitions]:
+            del self.cache[key]
+
     def drop(self, partitions: set[int]) -> None:
-        for key in [k for k, p in self.partition_of.items() if p in partitions]:
-            del self.data[key]
-            del self.partition_of[key]
-            self.cache.pop(key, None)
+        self._forget(partitions)
+        super().drop(partitions)
+
+    def _recovered(self, raw: bytes) -> Any:
+        return raw  # parsed when first used
 
     async def recover(self, settings: Settings, bootstrap: str, partitions: set[int]) -> int:
-        if not partitions:
-            return 0
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            **settings.kafka_client_options(),
-        )
-        await reader.start()
-        latest: dict[bytes, tuple[int, bytes | None]] = {}
-        try:
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)  # exact: every changelog write is sealed
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            count = 0
-            while remaining:
-                batches = await reader.getmany(*remaining, timeout_ms=500, max_records=50_000)
-                for tp, records in batches.items():
-                    for record in records:
-                        count += 1
-                        if record.key is not None:
-                            latest[record.key] = (tp.partition, record.value)
-                    if records and records[-1].offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-            for key, (partition, value) in latest.items():  # parsed when first used
-                self.cache.pop(key, None)
-                if value is None:
-                    self.data.pop(key, None)
-                    self.partition_of.pop(key, None)
-                else:
-                    self.data[key] = value
-                    self.partition_of[key] = partition
-            return count
-        finally:
-            await reader.stop()
+        self._forget(partitions)  # the changelog's newest value wins over any object kept
+        return await super().recover(settings, bootstrap, partitions)
 
 
 class Processor:
@@ -503,8 +477,7 @@ class RocksTable(JsonTable):
                 db[OFFSET_KEY] = str(metadata.offset).encode()
 
     def drop(self, partitions: set[int]) -> None:
-        for key in [k for k in self.cache if partition_for(k, self.partitions) in partitions]:
-            del self.cache[key]
+        self._forget(partitions)
         for partition in partitions:
             db = self._dbs.pop(partition, None)
             if db is not None:
