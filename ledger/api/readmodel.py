@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ledger.adapters.config import Settings
 from ledger.adapters.topics import Topics
 from ledger.rules.policy import Policy
-from projections.listindex import ListIndex
+from projections.listindex import Entry, ListIndex
 from projections.metricsindex import Part, Totals, part_of
 from projections.state import CustomerState, RequestState
 from workers.projector import table_names
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 EVENT_IDS = b'"event_ids":['
+INDEX_ERRORS = (ValueError, KeyError, TypeError, IndexError)  # a state this version cannot read
 
 
 class _Cache:
@@ -119,6 +120,10 @@ class ReadModel:
         self.totals = Totals(policy or Policy())
         self._parts: dict[str, Part] = {}
         self._unsummed: set[str] = set()  # requests changed since their part was taken
+        # until the read model first reaches the changelogs' ends (`run`), requests are
+        # indexed once each when it does, not at every record
+        self._catching_up = False
+        self._unindexed: set[str] = set()
         self._settings = settings
         self._bootstrap = bootstrap
         self._consumer: AIOKafkaConsumer | None = None
@@ -236,6 +241,7 @@ class ReadModel:
         )
         await consumer.start()
         self._consumer = consumer
+        self._catching_up = True
         try:
             partitions = await self._partitions(consumer)
             consumer.assign(partitions)
@@ -258,6 +264,7 @@ class ReadModel:
                         newest = max(r.timestamp for r in records)
                         self._newest_ms = max(self._newest_ms or 0, newest)
                 if not self.ready.is_set() and self._reached_targets():
+                    await self._index_caught_up()
                     self.ready.set()
                 now = asyncio.get_running_loop().time()
                 if now - refreshed > 5:  # for the lag figure in /health
@@ -314,11 +321,36 @@ class ReadModel:
                 continue
             key = record.key.decode()
             cache.put(key, record.value)
-            if topic == self.requests_topic:
-                self._unsummed.add(key)
-            if topic == self.requests_topic and self.index_ok:
+            if topic != self.requests_topic:
+                continue
+            self._unsummed.add(key)
+            if self._catching_up:
+                self._unindexed.add(key)  # indexed once, at its newest, on reaching the end
+            elif self.index_ok:
                 try:
                     self.index.put(key, record.value)
-                except (ValueError, KeyError, TypeError, IndexError):
+                except INDEX_ERRORS:
                     log.exception("request %s cannot be indexed: lists refold instead", key)
                     self.index_ok = False
+
+    async def _index_caught_up(self) -> None:
+        """Index the requests whose records came while catching up, each once (a request
+        has a changelog record per event it folded; only its newest counts). Their
+        entries are read a slice at a time, the event loop's turn between, and go into
+        the lists together, each list sorted once."""
+        raw = self._caches[self.requests_topic].raw
+        entries: dict[str, Entry | None] = {}
+        pending = list(self._unindexed)
+        for start in range(0, len(pending), SUM_SLICE * 4):
+            for key in pending[start : start + SUM_SLICE * 4]:
+                value = raw.get(key)
+                try:
+                    entries[key] = None if value is None else self.index.entry(value)
+                except INDEX_ERRORS:
+                    log.exception("request %s cannot be indexed: lists refold instead", key)
+                    self.index_ok = False
+            await asyncio.sleep(0)
+        if self.index_ok:
+            self.index.put_entries(entries)
+        self._unindexed.clear()
+        self._catching_up = False

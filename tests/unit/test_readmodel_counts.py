@@ -68,3 +68,56 @@ def test_the_api_keeps_only_the_most_recently_asked_states_parsed() -> None:
         assert model.request(request_id) == state
         assert len(parsed) <= 10
     assert list(parsed)[-1] == list(folded.requests)[-1]  # the last asked is kept
+
+
+async def test_catching_up_indexes_each_request_once_at_its_newest() -> None:
+    """A read model catching up (a second API, a restart) reads a changelog record per
+    event a request folded: it indexes each request once, when it reaches the end, and the
+    lists are the ones indexing every record one by one would have built."""
+    events = [
+        from_mapping(e)
+        for e in generate(requests=80, until=datetime.fromisoformat("2026-06-30T09:00:00+00:00"))
+    ]
+    records: list[Record] = []  # each request's state after each of its events, in log order
+    states: dict[str, object] = {}
+    from projections.state import apply_request
+
+    for event in events:
+        if event.type == "escalation":
+            continue
+        key = event.data.request_id
+        state = apply_request(states.get(key), event)  # type: ignore[arg-type]
+        states[key] = state
+        records.append(Record(key.encode(), state.model_dump_json().encode()))  # type: ignore[union-attr]
+    records.append(Record(records[0].key, None))  # one request gone again
+    assert len(records) > 2 * len(states)
+
+    one_by_one = ReadModel(Settings(), "127.0.0.1:1")
+    one_by_one._apply(one_by_one.requests_topic, records)  # noqa: SLF001
+
+    catching_up = ReadModel(Settings(), "127.0.0.1:1")
+    catching_up._catching_up = True  # noqa: SLF001 - as `run` starts
+    read: list[bytes] = []
+    entry = catching_up.index.entry
+
+    def counted(raw: bytes):  # type: ignore[no-untyped-def]
+        read.append(raw)
+        return entry(raw)
+
+    catching_up.index.entry = counted  # type: ignore[method-assign]
+    catching_up._apply(catching_up.requests_topic, records)  # noqa: SLF001
+    assert read == [] and catching_up.index.entries == {}
+    await catching_up._index_caught_up()  # noqa: SLF001
+    assert len(read) == len(states) - 1  # each request once; the one gone not at all
+
+    for index in (catching_up.index, one_by_one.index):
+        assert index.entries == one_by_one.index.entries
+    a, b = catching_up.index, one_by_one.index
+    assert (a.open, a.decision_due, a.hold_due, a.revisit_on, a.review_on, a.newest_at) == (
+        b.open, b.decision_due, b.hold_due, b.revisit_on, b.review_on, b.newest_at
+    )  # fmt: skip
+    assert a.open and a.decision_due
+
+    # caught up, a record is indexed as it comes
+    catching_up._apply(catching_up.requests_topic, [Record(records[1].key, None)])  # noqa: SLF001
+    assert records[1].key.decode() not in a.entries  # type: ignore[union-attr]
