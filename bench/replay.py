@@ -9,9 +9,11 @@ the validator records them: keyed by subject), so nothing but the projection wor
    read model holds every event (a new or wiped projection rebuilt from the ledger);
 2. **a second API**: started beside the first; the clock stops when it is ready (its
    `/health` holds every event);
-3. **a worker restarted after SIGKILL**: the projector is killed with SIGKILL and started
-   again; the clock stops when an event written after the restart has reached the read
-   model (recovery from the changelog, or from RocksDB, and the group's join included).
+3. **a worker restarted**: the projector is killed with SIGKILL and started again, then
+   stopped with SIGTERM and started again; each clock stops when an event written after
+   the restart has reached the read model (recovery from the changelog, or from RocksDB,
+   and the group's join included: after a SIGKILL the broker first waits out the dead
+   member's session timeout).
 
 The read model is checked against the pure fold (the decision metrics) after each step.
 """
@@ -83,21 +85,24 @@ async def run(settings: Settings, requests: int) -> None:
         started = time.perf_counter()
         second = start_api(other, settings.broker)
         await wait_folded(other, n, 3600)
-        print(f"  a second API ready (every event folded): {time.perf_counter() - started:.1f} s")
+        print(f"  a second API ready (every event folded): {time.perf_counter() - started:.1f} s;"
+              f" its peak RSS {peak_rss_mb(second.pid):,.0f} MB")  # fmt: skip
 
-        projector.send_signal(signal.SIGKILL)
-        projector.wait()
-        started = time.perf_counter()
-        projector = start_worker(projector_settings, settings.broker)
-        late = [(k, v) for k, v in history(3, f"late{uuid.uuid4().hex[:4]}")]
-        async with Publisher(settings, settings.broker) as publisher:
-            await publisher.send_raw(topics.events, late)
-        await wait_folded(settings, n + len(late), 600)
-        took = time.perf_counter() - started
-        print(
-            f"  projector SIGKILLed and restarted: new events in the read model after "
-            f"{took:.1f} s (API holds {await asyncio.to_thread(events_folded, settings):,})"
-        )
+        for how, sig in (("SIGKILLed", signal.SIGKILL), ("stopped (SIGTERM)", signal.SIGTERM)):
+            projector.send_signal(sig)
+            projector.wait()
+            started = time.perf_counter()
+            projector = start_worker(projector_settings, settings.broker)
+            late = [(k, v) for k, v in history(3, f"late{uuid.uuid4().hex[:4]}")]
+            async with Publisher(settings, settings.broker) as publisher:
+                await publisher.send_raw(topics.events, late)
+            n += len(late)
+            await wait_folded(settings, n, 600)
+            took = time.perf_counter() - started
+            print(
+                f"  projector {how} and restarted: new events in the read model after "
+                f"{took:.1f} s (API holds {await asyncio.to_thread(events_folded, settings):,})"
+            )
     finally:
         for process in (projector, api, second):
             if process is not None:

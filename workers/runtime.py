@@ -404,6 +404,23 @@ async def write_tables(
 OFFSET_KEY = b"\x00changelog-offset"
 
 
+ROCKS_WRITE_BUFFER = 8 << 20  # bytes of each memtable (RocksDB's default: 64 MiB)
+
+
+def rocks_options() -> Any:
+    """Options of a table's RocksDB: memtables of `ROCKS_WRITE_BUFFER`, two at most. With
+    RocksDB's defaults (64 MiB, two) a worker's twelve databases (three tables, four
+    partitions) held up to ~1.5 GB of memtables: measured 300 MB against 70 MB for 300 k
+    writes of 3 KB to four databases (a projector's request states at 100 k requests)."""
+    from rocksdict import Options
+
+    options = Options()
+    options.create_if_missing(True)
+    options.set_write_buffer_size(ROCKS_WRITE_BUFFER)
+    options.set_max_write_buffer_number(2)
+    return options
+
+
 class RocksTable(JsonTable):
     """A `Table` kept in RocksDB on local disk (one database per partition, via rocksdict).
 
@@ -424,7 +441,7 @@ class RocksTable(JsonTable):
         super().__init__(prefix, name, partitions, load, dump, cache_states)
         from rocksdict import Rdict  # optional dependency: the `rocksdb` extra
 
-        self._open = Rdict
+        self._open: Callable[[str], Any] = lambda path: Rdict(path, rocks_options())
         self.directory = directory / name
         self._dbs: dict[int, Any] = {}
 

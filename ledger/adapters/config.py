@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     sql_cache_states: int = Field(5000, ge=0)
     # request and customer states the projector keeps as objects (the rest as their JSON)
     cache_states: int = Field(20_000, ge=1)
+    # the states an API process keeps parsed (the most recently asked; a miss parses one
+    # state's JSON, ~0.1 ms): its memory, not its speed, grows with this
+    api_cache_states: int = Field(2_000, ge=1)
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int | None = Field(None, ge=1)
     # what a `python -m workers` process runs: both stages (`all`), or one, so that the

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections import OrderedDict
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,7 +29,7 @@ from projections.listindex import Entry, ListIndex
 from projections.metricsindex import Part, Totals, part_of
 from projections.state import CustomerState, RequestState
 from workers.projector import table_names
-from workers.runtime import changelog_topic
+from workers.runtime import changelog_topic, rocks_options
 
 MAX_ALERTS = 1000
 SUM_SLICE = 500  # request states summed into the metrics between turns of the event loop
@@ -40,17 +42,28 @@ INDEX_ERRORS = (ValueError, KeyError, TypeError, IndexError)  # a state this ver
 
 
 class _Cache:
-    """Each key's newest state as its JSON; the `keep` most recently asked for also parsed
-    (a walk over every state parses them for that walk only: the API's memory grows with
-    the JSON, not with every state's objects)."""
+    """Each key's newest state as its JSON (in memory, or on a scratch RocksDB: `_OnDisk`);
+    the `keep` most recently asked for also parsed (a walk over every state parses them
+    for that walk only: the API's memory grows with the JSON, not with every state's
+    objects)."""
 
-    def __init__(self, model: Any, keep: int = 20_000) -> None:
+    def __init__(self, model: Any, keep: int = 2_000, raw: Any = None) -> None:
         self.model = model
         self.keep = keep
-        self.raw: dict[str, bytes] = {}
+        self.raw: Any = {} if raw is None else raw  # key -> JSON: `get`, `[]=`, `pop`
         self.parsed: OrderedDict[str, Any] = OrderedDict()
-        self.events: dict[str, int] = {}  # how many event ids each state holds
+        self.events: dict[str, int] = {}  # how many event ids each state holds (every key)
         self.total_events = 0  # their sum, kept as records arrive: /health reads it
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def keys(self) -> list[str]:
+        return list(self.events)
+
+    def value(self, key: str) -> bytes | None:
+        """A state's JSON (None: none)."""
+        return self.raw.get(key) if key in self.events else None
 
     def put(self, key: str, value: bytes | None) -> None:
         self.parsed.pop(key, None)
@@ -59,10 +72,10 @@ class _Cache:
             self.raw.pop(key, None)
         else:
             self.raw[key] = value
-            count = self.events[key] = self._count_events(key, value)
+            count = self.events[key] = self._count_events(value)
             self.total_events += count
 
-    def _count_events(self, key: str, raw: bytes) -> int:
+    def _count_events(self, raw: bytes) -> int:
         """The length of a state's `event_ids`, read off its JSON without parsing it
         (ids are quoted strings that cannot hold a quote); parsed if the JSON is odd."""
         start = raw.find(EVENT_IDS)
@@ -72,20 +85,21 @@ class _Cache:
             if end >= 0:
                 return raw.count(b'"', start, end) // 2
         try:
-            state = self.get(key)
+            state = self.model.model_validate_json(raw)
         except ValueError:  # a state this version cannot read: counted when it can
             return 0
-        return len(state.event_ids) if state is not None else 0
+        return len(state.event_ids)
 
     def get(self, key: str) -> Any:
-        if key not in self.raw:
-            return None
         parsed = self.parsed
         state = parsed.get(key)
         if state is not None:
             parsed.move_to_end(key)
             return state
-        state = parsed[key] = self.model.model_validate_json(self.raw[key])
+        raw = self.value(key)
+        if raw is None:
+            return None
+        state = parsed[key] = self.model.model_validate_json(raw)
         while len(parsed) > self.keep:
             parsed.popitem(last=False)
         return state
@@ -93,10 +107,42 @@ class _Cache:
     def all(self) -> list[Any]:
         parsed, raw, parse = self.parsed, self.raw, self.model.model_validate_json
         out = []
-        for key in list(raw):
+        for key in self.keys():
             state = parsed.get(key)
-            out.append(state if state is not None else parse(raw[key]))
+            out.append(state if state is not None else parse(raw.get(key)))
         return out
+
+
+class _OnDisk:
+    """Key -> JSON on a RocksDB the API process keeps for itself (`LEDGER_STORE=rocksdb`):
+    its copy of every state at rest on local disk rather than in memory. A scratch
+    database: wiped when the process starts (it reads the changelogs from their
+    beginning anyway) and removed when it stops."""
+
+    def __init__(self, directory: Path) -> None:
+        from rocksdict import Rdict, WriteOptions  # optional: the `rocksdb` extra
+
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.db = Rdict(str(directory), rocks_options())
+        unlogged = WriteOptions()
+        unlogged.disable_wal = True  # a scratch copy: nothing to recover after a crash
+        self.db.set_write_options(unlogged)
+
+    def get(self, key: str) -> bytes | None:
+        value: bytes | None = self.db.get(key)
+        return value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.db[key] = value
+
+    def pop(self, key: str, default: None = None) -> None:
+        del self.db[key]
+
+    def close(self) -> None:
+        self.db.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class ReadModel:
@@ -106,9 +152,14 @@ class ReadModel:
         self.topics = Topics(prefix)
         self.requests_topic = changelog_topic(prefix, requests_table)
         self.customers_topic = changelog_topic(prefix, customers_table)
+        self._disks: list[_OnDisk] = []
+        if settings.store == "rocksdb":  # this process's copy, under its own port
+            scratch = settings.data_dir / "api" / f"{prefix}{settings.api_port}"
+            self._disks = [_OnDisk(scratch / "requests"), _OnDisk(scratch / "customers")]
+        keep = settings.api_cache_states
         self._caches = {
-            self.requests_topic: _Cache(RequestState, settings.cache_states),
-            self.customers_topic: _Cache(CustomerState, settings.cache_states),
+            self.requests_topic: _Cache(RequestState, keep, *self._disks[:1]),
+            self.customers_topic: _Cache(CustomerState, keep, *self._disks[1:]),
         }
         self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by alert_id, oldest first
         self.deliveries: dict[str, dict[str, dict[str, Any]]] = {}  # alert_id -> url -> record
@@ -160,7 +211,7 @@ class ReadModel:
             old = self._parts.pop(key, None)
             if old is not None:
                 self.totals.remove(old)
-            raw = cache.raw.get(key)
+            raw = cache.value(key)
             if raw is None:
                 continue
             try:
@@ -211,9 +262,7 @@ class ReadModel:
 
     def counts(self) -> tuple[int, int]:
         """How many requests and customers the read models hold."""
-        return len(self._caches[self.requests_topic].raw), len(
-            self._caches[self.customers_topic].raw
-        )
+        return len(self._caches[self.requests_topic]), len(self._caches[self.customers_topic])
 
     def newest_data_age_s(self) -> float | None:
         """Seconds since the newest record this copy holds was written (None: none yet):
@@ -272,6 +321,8 @@ class ReadModel:
                     self._targets = dict(await consumer.end_offsets(partitions))
         finally:
             await consumer.stop()
+            for disk in self._disks:
+                disk.close()
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """Every partition of the changelogs and alerts, once they exist."""
@@ -338,12 +389,12 @@ class ReadModel:
         has a changelog record per event it folded; only its newest counts). Their
         entries are read a slice at a time, the event loop's turn between, and go into
         the lists together, each list sorted once."""
-        raw = self._caches[self.requests_topic].raw
+        cache = self._caches[self.requests_topic]
         entries: dict[str, Entry | None] = {}
         pending = list(self._unindexed)
         for start in range(0, len(pending), SUM_SLICE * 4):
             for key in pending[start : start + SUM_SLICE * 4]:
-                value = raw.get(key)
+                value = cache.value(key)
                 try:
                     entries[key] = None if value is None else self.index.entry(value)
                 except INDEX_ERRORS:

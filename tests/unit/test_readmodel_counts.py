@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+
+import pytest
 
 from events import from_mapping
 from ledger.adapters.config import Settings
@@ -19,9 +22,10 @@ class Record:
     timestamp: int = 0
 
 
-def test_events_folded_and_counts_follow_every_record() -> None:
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_events_folded_and_counts_follow_every_record(store: str, tmp_path: Path) -> None:
     events = generate(requests=60, until=datetime.fromisoformat("2026-06-30T09:00:00+00:00"))
-    model = ReadModel(Settings(), "127.0.0.1:1")
+    model = ReadModel(Settings(store=store, data_dir=tmp_path), "127.0.0.1:1")
     folded = fold(from_mapping(e) for e in events)
     requests = [
         Record(k.encode(), s.model_dump_json().encode()) for k, s in folded.requests.items()
@@ -47,13 +51,27 @@ def test_events_folded_and_counts_follow_every_record() -> None:
     expected = sum(len(s.event_ids) for s in [*model.requests(), *model.customers()])
     assert model.events_folded() == expected < parsed
     assert model.counts() == (len(folded.requests) - 1, len(folded.customers))
+    assert model.request(first.key.decode()) == smaller
+    assert model.request(second.key.decode()) is None
+    assert sorted(s.request_id for s in model.requests()) == sorted(
+        k for k in folded.requests if k != second.key.decode()
+    )
+    scratch = tmp_path / "api"
+    if store == "rocksdb":  # the states' JSON on this process's own RocksDB, not in memory
+        assert not isinstance(model._caches[model.requests_topic].raw, dict)  # noqa: SLF001
+        assert any(scratch.rglob("*.sst")) or any(scratch.rglob("*.log"))
+        for disk in model._disks:  # noqa: SLF001 - as `run` does when it stops
+            disk.close()
+        assert not any(p.is_file() for p in scratch.rglob("*"))
+    else:
+        assert not scratch.exists()
 
 
 def test_the_api_keeps_only_the_most_recently_asked_states_parsed() -> None:
     """A walk over every state (a list, a report, an `as_of` in the past) must not leave
     every state's objects behind: the API's memory grows with the JSON it holds."""
     events = generate(requests=60, until=datetime.fromisoformat("2026-06-30T09:00:00+00:00"))
-    model = ReadModel(Settings(cache_states=10), "127.0.0.1:1")
+    model = ReadModel(Settings(api_cache_states=10), "127.0.0.1:1")
     folded = fold(from_mapping(e) for e in events)
     model._apply(  # noqa: SLF001
         model.requests_topic,
