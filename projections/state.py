@@ -18,13 +18,21 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from events.schema import AnyEvent, Event, Instant, IntakeData, ScoreData
+from events.schema import (
+    AnyEvent,
+    Event,
+    Instant,
+    IntakeData,
+    ScoreData,
+    _SharedFieldsSet,
+    shared_fields_set,
+)
 
 PILOT_REVIEW_DEFAULT = timedelta(days=45)
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Frozen(BaseModel):
+class _Frozen(_SharedFieldsSet):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -94,8 +102,8 @@ class CustomerState(_Frozen):
             return self
         if not kept:
             return None
-        return self.model_copy(
-            update={"escalations": kept, "event_ids": frozenset(e.event_id for e in kept)}
+        return _replaced(
+            self, **{"escalations": kept, "event_ids": frozenset(e.event_id for e in kept)}
         )
 
 
@@ -126,12 +134,23 @@ def _built(model: type[M], **values: Any) -> M:
     unknown = values.keys() - defaults.keys()
     if missing or unknown:
         raise TypeError(f"{model.__name__}: missing {missing}, unknown {sorted(unknown)}")
+    return _made(model, fields, values.keys())
+
+
+def _made(model: type[M], fields: dict[str, Any], names: Any) -> M:
     built = model.__new__(model)
     object.__setattr__(built, "__dict__", fields)
-    object.__setattr__(built, "__pydantic_fields_set__", set(values))
+    object.__setattr__(built, "__pydantic_fields_set__", shared_fields_set(model, names))
     object.__setattr__(built, "__pydantic_extra__", None)
     object.__setattr__(built, "__pydantic_private__", None)
     return built
+
+
+def _replaced(state: M, **update: Any) -> M:
+    """`state.model_copy(update=update)`, its fields-set shared (`shared_fields_set`)."""
+    model = type(state)
+    names = state.__pydantic_fields_set__ | update.keys()
+    return _made(model, {**state.__dict__, **update}, names)
 
 
 def _entry(event: AnyEvent, event_id: str, summary: str) -> TimelineEntry:
@@ -195,14 +214,15 @@ def _apply_in_order(state: RequestState | None, event: AnyEvent) -> RequestState
     if event.type == "score":
         s = event.data
         summary = f"score: F{s.fit} A{s.advantage} I{s.integrity} R{s.readiness}"
-        return state.model_copy(
-            update={
+        return _replaced(
+            state,
+            **{
                 "score": s,
                 "scored_at": event.occurred_at,
                 "timeline": (*state.timeline, _entry(event, event_id, summary)),
                 "event_ids": seen,
                 "history": history,
-            }
+            },
         )
     if event.type == "decision":
         d = event.data
@@ -220,26 +240,28 @@ def _apply_in_order(state: RequestState | None, event: AnyEvent) -> RequestState
             review_on=review_on,
             score=state.score,
         )
-        return state.model_copy(
-            update={
+        return _replaced(
+            state,
+            **{
                 "status": "decided",
                 "decisions": (*state.decisions, record),
                 "timeline": (*state.timeline, _entry(event, event_id, f"decision: {d.outcome}")),
                 "event_ids": seen,
                 "history": history,
-            }
+            },
         )
     # revisit: the request is open again and its decision clock restarts
     entry = _entry(event, event_id, f"revisit: {event.data.trigger}")
-    return state.model_copy(
-        update={
+    return _replaced(
+        state,
+        **{
             "status": "open",
             "clock_started_at": event.occurred_at,
             "revisits": state.revisits + 1,
             "timeline": (*state.timeline, entry),
             "event_ids": seen,
             "history": history,
-        }
+        },
     )
 
 
@@ -265,8 +287,8 @@ def apply_customer(state: CustomerState | None, event: AnyEvent) -> CustomerStat
     escalations = (*state.escalations, record)
     if len(escalations) > 1 and _order(record) < _order(state.escalations[-1]):
         escalations = tuple(sorted(escalations, key=_order))  # arrived out of order
-    return state.model_copy(
-        update={"escalations": escalations, "event_ids": state.event_ids | {event_id}}
+    return _replaced(
+        state, **{"escalations": escalations, "event_ids": state.event_ids | {event_id}}
     )
 
 

@@ -127,7 +127,8 @@ class _OnDisk:
         self.directory = directory
         self.db = Rdict(str(directory), rocks_options())
         unlogged = WriteOptions()
-        unlogged.disable_wal = True  # a scratch copy: nothing to recover after a crash
+        # a scratch copy: nothing to recover after a crash (a property; the stub says method)
+        unlogged.disable_wal = True  # type: ignore[assignment,method-assign]
         self.db.set_write_options(unlogged)
 
     def get(self, key: str) -> bytes | None:
