@@ -66,7 +66,10 @@ class Settings(BaseSettings):
     )
     # Tansu delays a new group's first join by half the session timeout: keep it short.
     session_timeout_s: float = Field(8.0, gt=0)
-    batch_size: int = Field(2000, ge=1)
+    # records a processor takes per batch at most: a backlog folds in batches this big
+    # (fewer changelog records per state, fewer sends and commits per record: `make bench`
+    # 7.9 k -> 10.1 k events/s from 2,000 to 10,000); live traffic comes in smaller ones
+    batch_size: int = Field(10_000, ge=1)
     # an event that overtook its predecessor is held this long before it is refused (0: never)
     reorder_grace_s: float = Field(300.0, ge=0, le=86400)
     # /health calls a stage stalled when records wait and its offsets have not moved for this
