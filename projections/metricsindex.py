@@ -73,7 +73,7 @@ def part_of(s: RequestState, policy: Policy) -> Part:
     decided_at = [d.occurred_at for d in decisions]
     to_revisit: list[int] = []
     revisits: list[datetime] = []
-    for entry in s.timeline:
+    for entry in s.history:
         if entry.type != "revisit":
             continue
         before = [at for at in decided_at if at <= entry.occurred_at]

@@ -233,7 +233,7 @@ def _revisits(states: list[RequestState], start: datetime, end: datetime) -> Row
     qualified = 0
     count = 0
     for s in states:
-        for entry in s.timeline:
+        for entry in s.history:
             if entry.type != "revisit" or not start <= entry.occurred_at < end:
                 continue
             count += 1
