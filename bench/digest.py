@@ -6,11 +6,16 @@ import hashlib
 
 import orjson
 
+from projections.state import RequestState
+
 
 def canonical(state: bytes) -> bytes:
-    """A state's JSON with its set of event ids sorted (a set's JSON order is the
-    process's hash order) and its keys sorted."""
+    """A state's JSON as its model writes it whole (a request's changelog keeps its
+    history's events as they were recorded, defaults left out), its set of event ids
+    sorted (a set's JSON order is the process's hash order) and its keys sorted."""
     obj = orjson.loads(state)
+    if "history" in obj:
+        obj = orjson.loads(RequestState.model_validate_json(state).model_dump_json())
     if "event_ids" in obj:  # a customer's (a request's are read off its history)
         obj["event_ids"] = sorted(obj["event_ids"])
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

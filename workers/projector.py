@@ -42,7 +42,13 @@ from projections.alerts import (
     next_check,
     request_alerts,
 )  # fmt: skip
-from projections.state import CustomerState, RequestState, apply_customer, apply_request
+from projections.state import (
+    CustomerState,
+    RequestState,
+    apply_customer,
+    apply_request,
+    request_json,
+)
 from workers.runtime import Processor, Table, make_table, send_all, write_tables
 
 REPLAY_LAG = timedelta(hours=1)
@@ -86,6 +92,10 @@ class Projector:
         now = self.settings.now()
         touched_requests: dict[bytes, RequestState] = {}
         touched_customers: dict[bytes, CustomerState] = {}
+        # each touched request's stored JSON before the batch, and the recorded bytes of
+        # the events appended to it in order since (None: refolded; written whole)
+        stored: dict[bytes, bytes | None] = {}
+        appended: dict[bytes, list[bytes] | None] = {}
         latest: dict[tuple[bool, bytes], datetime] = {}  # each touched state's latest `when`
         alerts = _Raising(self.raised)
         for record in batch:
@@ -111,6 +121,15 @@ class Projector:
             request = touched_requests.get(key) or self.requests.get(key)
             folded_r = apply_request(request, event)
             if folded_r is not None and folded_r is not request:
+                if key not in touched_requests:
+                    stored[key] = self.requests.stored(key) if request is not None else None
+                    appended[key] = []
+                chain = appended[key]
+                if chain is not None:
+                    if folded_r.history[-1] is event:
+                        chain.append(record.value)
+                    else:
+                        appended[key] = None
                 touched_requests[key] = folded_r
                 found = event_alerts(request, folded_r, when, self.policy, self.days, self.unit)
                 alerts.add(key, found)
@@ -120,7 +139,12 @@ class Projector:
         for (customer, key), when in latest.items():
             state = (touched_customers if customer else touched_requests)[key]
             self._schedule(customer, key, state, when)
-        await self._write(alerts, touched_requests, touched_customers)
+        encoded = {
+            key: request_json(state, stored[key], chain)
+            for key, state in touched_requests.items()
+            if (chain := appended[key]) is not None
+        }
+        await self._write(alerts, touched_requests, touched_customers, encoded)
 
     def _schedule(self, customer: bool, key: bytes, state: Any, after: datetime) -> None:
         """Index the state's next deadline after `after` (None: none until a new event)."""
@@ -128,7 +152,11 @@ class Projector:
         self.due.put(customer, key, at)
 
     async def _write(
-        self, alerts: _Raising, requests: dict[bytes, Any], customers: dict[bytes, Any]
+        self,
+        alerts: _Raising,
+        requests: dict[bytes, Any],
+        customers: dict[bytes, Any],
+        encoded: dict[bytes, bytes] | None = None,
     ) -> None:
         out = [
             Outgoing(self.topics.alerts, a["subject_id"].encode(), orjson.dumps(a))
@@ -139,6 +167,7 @@ class Projector:
         await write_tables(
             self.producer,
             [(self.requests, requests), (self.customers, customers), (self.raised, raised)],
+            {self.requests.name: encoded or {}},
         )
 
     # -- the timer -------------------------------------------------------------------

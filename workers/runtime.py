@@ -93,10 +93,19 @@ class Table:
     def owned(self) -> Iterable[tuple[int, bytes, Any]]:
         return [(self.partition_of[k], k, v) for k, v in list(self.data.items())]
 
-    def changes(self, values: Mapping[bytes, Any]) -> list[Outgoing]:
-        """The changelog records for `values` (to send, sealed, with the batch's output)."""
-        dump = self.dump
-        return [Outgoing(self.topic, key, dump(value)) for key, value in values.items()]
+    def stored(self, key: bytes) -> bytes | None:
+        """A key's value as its changelog holds it (None: not kept as bytes here)."""
+        return None
+
+    def changes(
+        self, values: Mapping[bytes, Any], encoded: Mapping[bytes, bytes] | None = None
+    ) -> list[Outgoing]:
+        """The changelog records for `values` (to send, sealed, with the batch's output);
+        `encoded`: values whose bytes the caller has made already."""
+        dump, made = self.dump, encoded or {}
+        return [
+            Outgoing(self.topic, key, made.get(key) or dump(value)) for key, value in values.items()
+        ]
 
     def apply(
         self,
@@ -188,6 +197,9 @@ class JsonTable(Table):
 
     def _raw(self, key: bytes) -> bytes | None:
         return self.data.get(key)
+
+    def stored(self, key: bytes) -> bytes | None:
+        return self._raw(key)
 
     def get(self, key: bytes) -> Any:
         value = self.cache.get(key)
@@ -390,10 +402,14 @@ async def send_all(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> 
 
 
 async def write_tables(
-    producer: AIOKafkaProducer, writes: Sequence[tuple[Table, Mapping[bytes, Any]]]
+    producer: AIOKafkaProducer,
+    writes: Sequence[tuple[Table, Mapping[bytes, Any]]],
+    encoded: Mapping[str, Mapping[bytes, bytes]] | None = None,
 ) -> None:
-    """Changelog each table's new values (one sealed send), then take them in."""
-    changes = [table.changes(values) for table, values in writes]
+    """Changelog each table's new values (one sealed send), then take them in. `encoded`:
+    by table name, values whose changelog bytes the caller has made already."""
+    made = encoded or {}
+    changes = [table.changes(values, made.get(table.name)) for table, values in writes]
     acked = await send_all(producer, [c for batch in changes for c in batch])
     start = 0
     for (table, values), batch in zip(writes, changes, strict=True):

@@ -345,3 +345,45 @@ def test_a_request_state_stored_with_its_timeline_and_ids_still_loads() -> None:
         assert state.event_ids == {str(e.event_id) for e in state.history}
     a = folded.requests["A"]
     assert [e.summary for e in a.timeline][:2] == ["intake: Proposal A", "score: F4 A3 I5 R2"]
+
+
+def test_a_request_written_with_its_recorded_events_spliced_parses_to_its_state() -> None:
+    """The projector writes a request's history as the events were recorded, after what
+    its stored JSON held (`request_json`); whatever was appended, the JSON parses to the
+    state, and where the pieces do not add up it is the state's whole JSON."""
+    from events import encode
+    from projections.state import RequestState, apply_request, request_json
+
+    events = sorted(history(), key=lambda e: (e.occurred_at, str(e.event_id)))
+    states: dict[str, tuple[RequestState, bytes]] = {}
+    spliced = 0
+    for event in events:
+        if event.type == "escalation":
+            continue
+        key = event.data.request_id
+        before, stored = states.get(key, (None, None))
+        after = apply_request(before, event)
+        assert after is not None
+        written = request_json(after, stored, [encode(event)])
+        assert RequestState.model_validate_json(written) == after
+        spliced += written != after.model_dump_json().encode()
+        states[key] = (after, written)
+    assert spliced > 0  # the recorded form leaves defaults out: not the whole JSON again
+
+    # two events at once onto the stored state
+    a_events = [e for e in events if e.type != "escalation" and e.data.request_id == "C"]
+    assert len(a_events) >= 3
+    first = apply_request(None, a_events[0])
+    assert first is not None
+    stored = first.model_dump_json().encode()
+    state = first
+    for e in a_events[1:3]:
+        state = apply_request(state, e)  # type: ignore[assignment]
+    written = request_json(state, stored, [encode(e) for e in a_events[1:3]])
+    assert RequestState.model_validate_json(written) == state
+
+    # pieces that do not add up, or a stored JSON of another shape: the whole state
+    whole = state.model_dump_json().encode()
+    assert request_json(state, stored, [encode(a_events[1])]) == whole  # one missing
+    assert request_json(state, None, [encode(e) for e in a_events[1:3]]) == whole
+    assert request_json(state, b'{"odd": 1}', [encode(e) for e in a_events[1:3]]) == whole
