@@ -15,6 +15,7 @@ import logging
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -109,13 +110,39 @@ class _Cache:
             parsed.popitem(last=False)
         return state
 
-    def all(self) -> list[Any]:
-        parsed, raw, parse = self.parsed, self.raw, self.model.model_validate_json
-        out = []
-        for key in self.keys():
-            state = parsed.get(key)
-            out.append(state if state is not None else parse(raw.get(key)))
-        return out
+    def peek(self, key: str) -> Any:
+        """A key's state, parsed if it is not kept parsed, and not kept: safe from a
+        thread (it only reads; the event loop's thread changes the dicts)."""
+        state = self.parsed.get(key)
+        if state is not None:
+            return state
+        raw = self.value(key)
+        return None if raw is None else self.model.model_validate_json(raw)
+
+    def all(self) -> _Walk:
+        """Every state, parsed as the walk reaches it (`_Walk`)."""
+        return _Walk(self, self.keys())
+
+
+class _Walk:
+    """The states of the keys a cache held when it was asked, each parsed as it is reached
+    and not kept (`_Cache.peek`, safe off the event loop): a view walks them in a thread
+    (`Api.walk`), so the event loop never parses a whole ledger. Every pass reads afresh;
+    a key gone meanwhile is skipped."""
+
+    def __init__(self, cache: _Cache, keys: list[str]) -> None:
+        self.cache = cache
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[Any]:
+        peek = self.cache.peek
+        for key in self.keys:
+            state = peek(key)
+            if state is not None:
+                yield state
 
 
 class _OnDisk:
@@ -230,14 +257,21 @@ class ReadModel:
             self._parts[key] = part
             self.totals.add(part)
 
-    def requests(self) -> list[RequestState]:
+    def requests(self) -> Iterable[RequestState]:
+        """Every request, parsed as the walk reaches it: iterate it off the event loop."""
         return self._caches[self.requests_topic].all()
 
-    def customers(self) -> list[CustomerState]:
+    def customers(self) -> Iterable[CustomerState]:
+        """Every customer, parsed as the walk reaches it: iterate it off the event loop."""
         return self._caches[self.customers_topic].all()
 
     def request(self, request_id: str) -> RequestState | None:
         state: RequestState | None = self._caches[self.requests_topic].get(request_id)
+        return state
+
+    def peek_request(self, request_id: str) -> RequestState | None:
+        """`request` without keeping it parsed; safe off the event loop (`_Cache.peek`)."""
+        state: RequestState | None = self._caches[self.requests_topic].peek(request_id)
         return state
 
     def customer(self, customer_id: str) -> CustomerState | None:

@@ -140,3 +140,64 @@ async def test_catching_up_indexes_each_request_once_at_its_newest() -> None:
     # caught up, a record is indexed as it comes
     catching_up._apply(catching_up.requests_topic, [Record(records[1].key, None)])  # noqa: SLF001
     assert records[1].key.decode() not in a.entries  # type: ignore[union-attr]
+
+
+def test_a_long_pipeline_is_built_in_slices_without_keeping_its_states(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole pipeline (more rows than a small page) is read a slice of states at a
+    time, off the event loop, none of them kept parsed: ten whole lists at once must not
+    hold ten copies of every open request, nor push out the states kept for lookups."""
+    from ledger.api import app
+    from ledger.api.app import pipeline_rows
+    from ledger.rules.policy import Policy
+    from projections import views
+
+    until = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+    monkeypatch.setattr(app, "SMALL_PAGE", 40)
+    events = generate(requests=400, until=until)
+    model = ReadModel(Settings(api_cache_states=50), "127.0.0.1:1")
+    folded = fold(from_mapping(e) for e in events)
+    model._apply(  # noqa: SLF001
+        model.requests_topic,
+        [Record(k.encode(), s.model_dump_json().encode()) for k, s in folded.requests.items()],
+    )
+    kept = next(iter(folded.requests))
+    model.request(kept)
+    parsed = model._caches[model.requests_topic].parsed  # noqa: SLF001
+    before = list(parsed)
+
+    ids = [request_id for _, request_id in model.index.open]
+    assert len(ids) > 2 * 40  # several slices
+    rows = pipeline_rows(model, ids, until, Policy())
+    assert rows == views.pipeline(folded.requests.values(), until, Policy())
+    assert list(parsed) == before == [kept]
+
+
+def test_a_walk_over_every_state_parses_as_it_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`requests()` is handed to a view that runs in a thread: asking for it parses
+    nothing on the event loop; iterating it parses each state then, every pass afresh."""
+    from projections.state import RequestState
+
+    events = generate(requests=30, until=datetime.fromisoformat("2026-06-30T09:00:00+00:00"))
+    model = ReadModel(Settings(), "127.0.0.1:1")
+    folded = fold(from_mapping(e) for e in events)
+    model._apply(  # noqa: SLF001
+        model.requests_topic,
+        [Record(k.encode(), s.model_dump_json().encode()) for k, s in folded.requests.items()],
+    )
+    parse = RequestState.model_validate_json
+    parses: list[bytes] = []
+
+    def counted(raw: bytes) -> RequestState:
+        parses.append(raw)
+        return parse(raw)
+
+    monkeypatch.setattr(RequestState, "model_validate_json", counted)
+    walk = model.requests()
+    assert parses == [] and len(walk) == len(folded.requests)  # type: ignore[arg-type]
+    assert sorted(s.request_id for s in walk) == sorted(folded.requests)
+    assert len(parses) == len(folded.requests)
+    gone = next(iter(folded.requests))
+    model._apply(model.requests_topic, [Record(gone.encode(), None)])  # noqa: SLF001
+    assert gone not in {s.request_id for s in walk}  # a second pass reads afresh
