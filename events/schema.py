@@ -136,7 +136,7 @@ def shared_fields_set(model: type[BaseModel], names: Any) -> set[str]:
     return shared
 
 
-class _SharedFieldsSet(BaseModel):
+class SharedFieldsSet(BaseModel):
     """Frozen models whose instances share their fields-set objects (`shared_fields_set`)."""
 
     def model_post_init(self, context: Any, /) -> None:
@@ -145,7 +145,7 @@ class _SharedFieldsSet(BaseModel):
         )
 
 
-class _Strict(_SharedFieldsSet):
+class _Strict(SharedFieldsSet):
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
 

@@ -25,7 +25,7 @@ from events.schema import (
     Instant,
     IntakeData,
     ScoreData,
-    _SharedFieldsSet,
+    SharedFieldsSet,
     shared_fields_set,
 )
 
@@ -33,7 +33,7 @@ PILOT_REVIEW_DEFAULT = timedelta(days=45)
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Frozen(_SharedFieldsSet):
+class _Frozen(SharedFieldsSet):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
