@@ -122,9 +122,7 @@ class CustomerState(_Frozen):
             return self
         if not kept:
             return None
-        return _replaced(
-            self, **{"escalations": kept, "event_ids": frozenset(e.event_id for e in kept)}
-        )
+        return _replaced(self, escalations=kept, event_ids=frozenset(e.event_id for e in kept))
 
 
 _NO_DEFAULT = object()
@@ -258,6 +256,15 @@ def _apply_in_order(state: RequestState | None, event: AnyEvent) -> RequestState
 
 
 HISTORY = b',"history":['  # the last field of a request's JSON
+EVENT_ID = b'"event_id":'
+
+
+def history_length(raw: bytes) -> int | None:
+    """How many events a request's JSON holds in its history, read without parsing it:
+    each names its `event_id` once and nothing after the history's key does otherwise (a
+    quote inside a string is escaped). None: the JSON is not of that shape."""
+    at = raw.rfind(HISTORY)
+    return None if at < 0 else raw.count(EVENT_ID, at)
 
 
 def request_json(state: RequestState, before: bytes | None, appended: Sequence[bytes]) -> bytes:
@@ -268,25 +275,17 @@ def request_json(state: RequestState, before: bytes | None, appended: Sequence[b
     defaults out); it parses to the same state. Serializing a request's history was half
     the cost of writing its state. Falls back to `model_dump_json` where the pieces do not
     add up to the state's history."""
-    head = state.model_dump_json(exclude={"history"}).encode()
-    parts = list(appended)
+    held, known = b"", 0
     if before is not None:
-        at = before.rfind(HISTORY)
-        end = len(before) - 2
-        if at < 0 or before[end:] != b"]}":
+        length = history_length(before)
+        if length is None or before[-2:] != b"]}":
             return state.model_dump_json().encode()
-        held = before[at + len(HISTORY) : end]
-        if held:
-            parts.insert(0, held)
-        known = before.count(EVENT_ID, at)
-    else:
-        known = 0
-    if known + len(appended) != len(state.history) or head[-1:] != b"}":
+        held, known = before[before.rfind(HISTORY) + len(HISTORY) : -2], length
+    if known + len(appended) != len(state.history):
         return state.model_dump_json().encode()
+    head = state.model_dump_json(exclude={"history"}).encode()
+    parts = [held, *appended] if held else list(appended)
     return head[:-1] + HISTORY + b",".join(parts) + b"]}"
-
-
-EVENT_ID = b'"event_id":'
 
 
 def _summary(event: AnyEvent) -> str:
@@ -325,9 +324,7 @@ def apply_customer(state: CustomerState | None, event: AnyEvent) -> CustomerStat
     escalations = (*state.escalations, record)
     if len(escalations) > 1 and _order(record) < _order(state.escalations[-1]):
         escalations = tuple(sorted(escalations, key=_order))  # arrived out of order
-    return _replaced(
-        state, **{"escalations": escalations, "event_ids": state.event_ids | {event_id}}
-    )
+    return _replaced(state, escalations=escalations, event_ids=state.event_ids | {event_id})
 
 
 def _order(record: EscalationRecord) -> tuple[datetime, str]:

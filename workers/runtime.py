@@ -195,18 +195,15 @@ class JsonTable(Table):
         while len(cache) > self.cache_states:
             cache.popitem(last=False)
 
-    def _raw(self, key: bytes) -> bytes | None:
-        return self.data.get(key)
-
     def stored(self, key: bytes) -> bytes | None:
-        return self._raw(key)
+        return self.data.get(key)
 
     def get(self, key: bytes) -> Any:
         value = self.cache.get(key)
         if value is not None:
             self.cache.move_to_end(key)
             return value
-        raw = self._raw(key)
+        raw = self.stored(key)
         if raw is None:
             return None
         value = self.load(raw)
@@ -227,9 +224,12 @@ class JsonTable(Table):
         encoded = {c.key: c.value for c in changes}
         for key, value in values.items():
             raw = encoded.get(key)
-            self.data[key] = raw if raw is not None else self.dump(value)
-            self.partition_of[key] = partition_for(key, self.partitions)
+            self._put(key, raw if raw is not None else self.dump(value))
             self._remember(key, value)
+
+    def _put(self, key: bytes, raw: bytes) -> None:
+        self.data[key] = raw
+        self.partition_of[key] = partition_for(key, self.partitions)
 
     def _forget(self, partitions: set[int]) -> None:
         for key in [k for k in self.cache if self.partition(k) in partitions]:
@@ -469,7 +469,7 @@ class RocksTable(JsonTable):
             db = self._dbs[partition] = self._open(str(path))
         return db
 
-    def _raw(self, key: bytes) -> bytes | None:
+    def stored(self, key: bytes) -> bytes | None:
         partition = partition_for(key, self.partitions)
         if partition not in self._dbs:
             return None
@@ -496,18 +496,15 @@ class RocksTable(JsonTable):
         changes: Sequence[Outgoing] = (),
         acked: Sequence[Any] = (),
     ) -> None:
-        encoded = {c.key: c.value for c in changes}
-        for key, value in values.items():
-            raw = encoded.get(key)
-            self._db(partition_for(key, self.partitions))[key] = (
-                raw if raw is not None else self.dump(value)
-            )
-            self._remember(key, value)
+        super().apply(values, changes, acked)
         for metadata in acked:
             db = self._db(metadata.partition)
             held = db.get(OFFSET_KEY)
             if held is None or int(held) < metadata.offset:
                 db[OFFSET_KEY] = str(metadata.offset).encode()
+
+    def _put(self, key: bytes, raw: bytes) -> None:
+        self._db(partition_for(key, self.partitions))[key] = raw
 
     def drop(self, partitions: set[int]) -> None:
         self._forget(partitions)

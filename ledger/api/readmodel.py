@@ -28,18 +28,18 @@ from ledger.adapters.topics import Topics
 from ledger.rules.policy import Policy
 from projections.listindex import Entry, ListIndex
 from projections.metricsindex import Part, Totals, part_of
-from projections.state import CustomerState, RequestState
+from projections.state import CustomerState, RequestState, history_length
 from workers.projector import table_names
 from workers.runtime import changelog_topic, rocks_options
 
 MAX_ALERTS = 1000
 SUM_SLICE = 500  # request states summed into the metrics between turns of the event loop
+INDEX_SLICE = 2000  # requests indexed between turns of the event loop while catching up
 IDLE_S = 1.0  # no changelog record for this long: the stream has paused
 log = logging.getLogger(__name__)
 
 
 EVENT_IDS = b'"event_ids":['
-SCHEMA_VERSION = b'"schema_version":'
 INDEX_ERRORS = (ValueError, KeyError, TypeError, IndexError)  # a state this version cannot read
 
 
@@ -79,11 +79,10 @@ class _Cache:
 
     def _count_events(self, raw: bytes) -> int:
         """How many events a state holds, read off its JSON without parsing it: a
-        request's history names each event's `schema_version` once and nothing else in
-        it does (a quote inside a string is escaped); a customer's `event_ids` are quoted
-        strings that cannot hold a quote. Parsed if the JSON is odd."""
-        if self.model is RequestState:
-            return raw.count(SCHEMA_VERSION)
+        request's history (`history_length`); a customer's `event_ids`, quoted strings
+        that cannot hold a quote. Parsed if the JSON is odd."""
+        if self.model is RequestState and (length := history_length(raw)) is not None:
+            return length
         start = raw.find(EVENT_IDS)
         if start >= 0 and raw.find(EVENT_IDS, start + 1) < 0:
             start += len(EVENT_IDS)
@@ -97,17 +96,14 @@ class _Cache:
         return len(state.event_ids)
 
     def get(self, key: str) -> Any:
-        parsed = self.parsed
-        state = parsed.get(key)
+        """`peek`, and the state kept parsed as the most recently asked."""
+        state = self.peek(key)
         if state is not None:
+            parsed = self.parsed
+            parsed[key] = state
             parsed.move_to_end(key)
-            return state
-        raw = self.value(key)
-        if raw is None:
-            return None
-        state = parsed[key] = self.model.model_validate_json(raw)
-        while len(parsed) > self.keep:
-            parsed.popitem(last=False)
+            while len(parsed) > self.keep:
+                parsed.popitem(last=False)
         return state
 
     def peek(self, key: str) -> Any:
@@ -432,8 +428,8 @@ class ReadModel:
         cache = self._caches[self.requests_topic]
         entries: dict[str, Entry | None] = {}
         pending = list(self._unindexed)
-        for start in range(0, len(pending), SUM_SLICE * 4):
-            for key in pending[start : start + SUM_SLICE * 4]:
+        for start in range(0, len(pending), INDEX_SLICE):
+            for key in pending[start : start + INDEX_SLICE]:
                 value = cache.value(key)
                 try:
                     entries[key] = None if value is None else self.index.entry(value)
