@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from events import InvalidEvent, decode, subject_of
+from events import InvalidEvent, decode
 from events.errors import FieldError
 from ledger.adapters.config import Settings
 from ledger.adapters.kafka import Outgoing, key_in_partition, partition_for
@@ -43,6 +43,9 @@ from workers.runtime import Processor, Table, read_since, send_all, write_tables
 log = logging.getLogger(__name__)
 _KEY, _PARTITION, _OFFSET = "ledger-inbox-key", "ledger-inbox-partition", "ledger-inbox-offset"
 _SUBJECT, _REFUSED = "ledger-subject", "ledger-refused"  # the admission key; refused by screen
+# what the lifecycle needs of a screened event ([event_id, type, subject, outcome]), so
+# admission does not parse the event again; only on the re-keyed topic, never an output
+_FACT = "ledger-fact"
 _MARK = b"\x00output-mark:"
 
 
@@ -57,11 +60,23 @@ def _provenance_headers(record: Any) -> list[tuple[str, bytes]]:
     return headers
 
 
-def _provenance_of(record: Any) -> Provenance:
-    headers = dict(record.headers or ())
+def _provenance_of(headers: dict[str, bytes]) -> Provenance:
     return Provenance(
         key=headers.get(_KEY), partition=int(headers[_PARTITION]), offset=int(headers[_OFFSET])
     )
+
+
+def _fact_header(fact: Fact) -> tuple[str, bytes]:
+    return _FACT, orjson.dumps([fact.event_id, fact.type, fact.subject, fact.outcome])
+
+
+def _fact_of(headers: dict[str, bytes], value: bytes) -> Fact:
+    """The screened event's facts: from its header, or (a record screened before the
+    header existed) from the event itself."""
+    found = headers.get(_FACT)
+    if found is None:
+        return Fact.of_validated_json(orjson.loads(value))
+    return Fact(*orjson.loads(found))
 
 
 def _held_headers(held: Held, subject: bytes) -> list[tuple[str, bytes]]:
@@ -150,31 +165,34 @@ class Validator:
         headers = _provenance_headers(record)
         try:
             valid = decode(value)
+            fact = Fact.of(valid)
             prefix = "c:" if valid.type == "escalation" else "r:"
-            key = (prefix + subject_of(valid)).encode()
+            key = (prefix + fact.subject).encode()
         except Exception as exc:  # noqa: BLE001 - every message gets a verdict
             # refused here, written by admission under a per-inbox-partition subject
             source = Provenance(record.key, record.partition, record.offset)
             refusal = rejection_record(value, _reasons(exc), source, _now())
             key = b"x:%d" % record.partition
             return Outgoing(self.topics.by_subject, key, refusal, [*headers, (_REFUSED, b"1")])
-        return Outgoing(self.topics.by_subject, key, value, headers)
+        return Outgoing(self.topics.by_subject, key, value, [*headers, _fact_header(fact)])
 
     async def screen(self, batch: list[Any]) -> None:
         await send_all(self.producer, [self.screened(record) for record in batch])
 
     # -- admit: the lifecycle rules, against the subject's state ------------------------
-    def verdict(self, state: SubjectState, record: Any) -> tuple[SubjectState, list[Outgoing]]:
+    def verdict(
+        self, state: SubjectState, record: Any, found: dict[str, bytes], source: Provenance
+    ) -> tuple[SubjectState, list[Outgoing]]:
         """The subject's next state and what to write: the event to the ledger (with any
-        held events it made admissible), a refusal, or a note that it is held."""
-        source = _provenance_of(record)
+        held events it made admissible), a refusal, or a note that it is held. `found`
+        is the record's headers, `source` its inbox position."""
         subject = record.key
-        headers = [*(record.headers or ()), (_SUBJECT, subject)]
-        if dict(record.headers or ()).get(_REFUSED):
+        headers = [(k, v) for k, v in record.headers or () if k != _FACT]
+        headers.append((_SUBJECT, subject))
+        if found.get(_REFUSED):
             return state, [Outgoing(self.topics.rejected, source.key, record.value, headers)]
         try:
-            obj = orjson.loads(record.value)
-            fact = Fact.of_validated_json(obj)
+            fact = _fact_of(found, record.value)
             verdict: SubjectState | Refusal | Exception = admit(state, fact)
         except Exception as exc:  # noqa: BLE001 - every message gets a verdict
             verdict = exc
@@ -182,8 +200,9 @@ class Validator:
             accepted = Outgoing(self.topics.events, fact.subject.encode(), record.value, headers)
             return self.released(verdict, subject, [accepted])
         if isinstance(verdict, Refusal) and self.grace_s > 0 and may_hold(state, verdict):
+            occurred = orjson.loads(record.value)["occurred_at"]
             held = Held(
-                fact, _epoch(obj["occurred_at"]), record.value.decode(), _text(source.key),
+                fact, _epoch(occurred), record.value.decode(), _text(source.key),
                 source.partition, source.offset, time.time(), verdict.code,
             )  # fmt: skip
             return hold(state, held), [self.held_note(subject, held)]
@@ -240,10 +259,11 @@ class Validator:
         for record in batch:
             key = record.key
             state = touched.get(key) or self.subjects.get(key) or SubjectState()
-            source = _provenance_of(record)
+            found = dict(record.headers or ())
+            source = _provenance_of(found)
             if state.already_judged(source.partition, source.offset):
                 continue  # a redelivery after a restart or rebalance: judged before
-            state, outputs = self.verdict(state, record)
+            state, outputs = self.verdict(state, record, found, source)
             touched[key] = state.judging(source.partition, source.offset)
             out += outputs
         await self.write(touched, out)

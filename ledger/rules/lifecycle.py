@@ -123,14 +123,17 @@ class SubjectState:
         """This state, remembering that the inbox message at `offset` was judged."""
         if self.already_judged(partition, offset):
             return self
-        return replace(self, judged={**self.judged, partition: offset})
+        judged = {**self.judged, partition: offset}
+        return SubjectState(
+            self.status, self.had_provisional_yes, self.event_ids, judged, self.held
+        )
 
     def recording(self, fact: Fact) -> SubjectState:
         """This state with `fact` recorded as admitted (no rule checked: it was admitted
         before, and is read back from the ledger). Idempotent."""
         if fact.event_id in self.event_ids:
             return self
-        return replace(_advance(self, fact), event_ids=self.event_ids | {fact.event_id})
+        return _advance(self, fact)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,10 +175,7 @@ def admit(state: SubjectState, fact: Fact) -> SubjectState | Refusal:
     refusal = _lifecycle_refusal(state, fact)
     if refusal is not None:
         return refusal
-    return replace(
-        _advance(state, fact),
-        event_ids=state.event_ids | {fact.event_id},
-    )
+    return _advance(state, fact)
 
 
 def _lifecycle_refusal(state: SubjectState, fact: Fact) -> Refusal | None:
@@ -204,15 +204,16 @@ def _lifecycle_refusal(state: SubjectState, fact: Fact) -> Refusal | None:
 
 
 def _advance(state: SubjectState, fact: Fact) -> SubjectState:
+    """`state` with `fact` recorded: its id kept, and the status it moves the subject to.
+    One constructor call, not `dataclasses.replace` (the validator's hot path)."""
+    status, had_yes = state.status, state.had_provisional_yes
     if fact.type == "intake" or fact.type == "revisit":
-        return replace(state, status="open")
-    if fact.type == "decision":
-        return replace(
-            state,
-            status="decided",
-            had_provisional_yes=state.had_provisional_yes or fact.outcome == "provisional_yes",
-        )
-    return state
+        status = "open"
+    elif fact.type == "decision":
+        status = "decided"
+        had_yes = had_yes or fact.outcome == "provisional_yes"
+    event_ids = state.event_ids | {fact.event_id}
+    return SubjectState(status, had_yes, event_ids, state.judged, state.held)
 
 
 def may_hold(state: SubjectState, refusal: Refusal) -> bool:
