@@ -32,6 +32,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from ledger.adapters.config import Settings
 from ledger.adapters.kafka import Outgoing, partition_for, send_sealed
+from ledger.adapters.membership import MemberFile, evict, member_id_of
 
 log = logging.getLogger(__name__)
 Handler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
@@ -283,9 +284,15 @@ class Processor:
         return out
 
     async def run(self, settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
+        group = group_id(settings.topic_prefix, self.name)
+        # a SIGKILLed predecessor's member would hold its partitions until its session
+        # timed out: remove it first, if the lock proves it dead
+        members = MemberFile(settings.data_dir, group)
+        if members.claim() and (dead := members.previous()) is not None:
+            await evict(settings, bootstrap, group, dead)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
-            group_id=group_id(settings.topic_prefix, self.name),
+            group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=int(settings.session_timeout_s * 1000),
@@ -293,7 +300,8 @@ class Processor:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             **settings.kafka_client_options(),
         )
-        consumer.subscribe([self.topic], listener=_Rebalance(self, settings, bootstrap))
+        listener = _Rebalance(self, settings, bootstrap, consumer, members)
+        consumer.subscribe([self.topic], listener=listener)
         await consumer.start()
         self.consumer = consumer
         try:
@@ -325,13 +333,23 @@ class Processor:
         finally:
             self.consumer = None
             await consumer.stop()
+            members.release()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, processor: Processor, settings: Settings, bootstrap: str) -> None:
+    def __init__(
+        self,
+        processor: Processor,
+        settings: Settings,
+        bootstrap: str,
+        consumer: AIOKafkaConsumer,
+        members: MemberFile,
+    ) -> None:
         self.processor = processor
         self.settings = settings
         self.bootstrap = bootstrap
+        self.consumer = consumer
+        self.members = members
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         gone = {tp.partition for tp in revoked}
@@ -341,6 +359,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.processor.assigned -= gone
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        member_id = member_id_of(self.consumer)
+        if member_id is not None:
+            self.members.record(member_id)  # for the next process, should this one be killed
         new = {tp.partition for tp in assigned} - self.processor.assigned
         async with self.processor.lock:
             for table in self.processor.tables:
