@@ -44,9 +44,15 @@ class MemberFile:
         self._fd: int | None = None
 
     def claim(self) -> bool:
-        """Take the lock: True if no live process holds it (any earlier holder is dead)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock: True if no live process holds it (any earlier holder is dead).
+        A directory it cannot write: False (no removal, no record; logged)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            log.warning("cannot keep the member id in %s (%s): a restart after a kill "
+                        "will wait for the dead member's session", self.path, exc)  # fmt: skip
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

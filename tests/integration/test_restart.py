@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from pathlib import Path
 
 import orjson
 import pytest
 
 from ledger.adapters.config import Settings
-from ledger.adapters.membership import MemberFile
 from ledger.adapters.reader import collect
 from ledger.adapters.topics import Topics
 from tests.integration.conftest import Workers
@@ -66,18 +64,3 @@ async def test_a_restart_after_sigkill_is_back_before_the_dead_members_session_e
     ids = Counter(orjson.loads(r.value)["event_id"] for r in out.records[topics.events])
     assert max(ids.values()) == 1, "an event reached ledger.events twice"
     assert set(ids) == {e["event_id"] for e in events}
-
-
-def test_only_one_live_process_holds_a_groups_member_file(tmp_path: Path) -> None:
-    data = tmp_path
-    first, second = MemberFile(data, "t.validator-admit"), MemberFile(data, "t.validator-admit")
-    assert first.claim()
-    first.record("member-1")
-    assert not second.claim(), "a live holder's lock is exclusive"
-    assert second.previous() is None and not second.held
-    first.release()  # a clean stop: its group was left, there is nothing to remove
-    assert second.claim() and second.previous() is None
-    second.record("member-2")
-    second.release()
-    third = MemberFile(data, "t.validator-admit")
-    assert third.claim() and third.previous() is None
