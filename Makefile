@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(BIN)/ledger demo
 
 # three test processes: the integration tests mostly wait on a broker's group joins and
-# on killed workers, so three share two cores well (~4.5 min instead of ~9)
+# on killed workers, so three share two cores well (~3-4 min; one process took ~9)
 test: $(STAMP)
 	$(BIN)/pytest -n 3 --dist worksteal
 
