@@ -67,7 +67,7 @@ def _provenance_of(headers: dict[str, bytes]) -> Provenance:
 
 
 def _fact_header(fact: Fact) -> tuple[str, bytes]:
-    return _FACT, orjson.dumps([fact.event_id, fact.type, fact.subject, fact.outcome])
+    return _FACT, orjson.dumps(fact.to_json())
 
 
 def _fact_of(headers: dict[str, bytes], value: bytes) -> Fact:
@@ -76,7 +76,7 @@ def _fact_of(headers: dict[str, bytes], value: bytes) -> Fact:
     found = headers.get(_FACT)
     if found is None:
         return Fact.of_validated_json(orjson.loads(value))
-    return Fact(*orjson.loads(found))
+    return Fact.from_json(orjson.loads(found))
 
 
 def _held_headers(held: Held, subject: bytes) -> list[tuple[str, bytes]]:

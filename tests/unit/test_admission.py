@@ -55,7 +55,7 @@ def comparable(out: Any) -> Any:
 def test_the_fact_header_names_what_the_event_says(validator: Validator) -> None:
     event = decision("R-7", outcome="provisional_yes")
     record = screened(validator, event, 5)
-    fact = Fact(*orjson.loads(dict(record.headers)[_FACT]))
+    fact = Fact.from_json(orjson.loads(dict(record.headers)[_FACT]))
     assert fact == Fact.of_validated_json(event)
     assert fact == Fact(str(event["event_id"]), "decision", "R-7", "provisional_yes")
 
