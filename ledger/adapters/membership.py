@@ -73,10 +73,16 @@ class MemberFile:
         return recorded or None
 
     def record(self, member_id: str) -> None:
+        """Keep `member_id` for the next holder. Never raises: it is called from the
+        rebalance listener before the tables recover, and aiokafka swallows a listener's
+        exception, which would skip their recovery."""
         if self._fd is None:
             return
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, member_id.encode(), 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, member_id.encode(), 0)
+        except OSError as exc:
+            log.warning("cannot record the member id in %s (%s)", self.path, exc)
 
     def release(self) -> None:
         """Clear the id (a clean stop leaves its group itself) and drop the lock."""

@@ -3,6 +3,7 @@ holder at a time, cleared on a clean stop, and never an error."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ledger.adapters.membership import MemberFile
@@ -30,4 +31,16 @@ def test_a_data_dir_it_cannot_write_only_means_no_removal(tmp_path: Path) -> Non
     assert not members.claim() and not members.held
     assert members.previous() is None
     members.record("member-1")  # nothing to record into, and no error
+    members.release()
+
+
+def test_a_record_that_cannot_be_written_does_not_raise(tmp_path: Path) -> None:
+    # called from the rebalance listener before the tables recover: an exception there
+    # is swallowed by aiokafka and the recovery would be skipped
+    members = MemberFile(tmp_path, "t.projector")
+    assert members.claim()
+    read_only = os.open(members.path, os.O_RDONLY)
+    os.dup2(read_only, members._fd)  # type: ignore[arg-type]  # its descriptor, now read-only
+    os.close(read_only)
+    members.record("member-1")
     members.release()
