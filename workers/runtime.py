@@ -248,6 +248,10 @@ class JsonTable(Table):
         return await super().recover(settings, bootstrap, partitions)
 
 
+class RecoveryFailed(RuntimeError):
+    """A processor's tables could not be rebuilt for partitions it was given."""
+
+
 class Processor:
     """One consumer group over one topic, handling `getmany` batches."""
 
@@ -267,6 +271,7 @@ class Processor:
         self.lock = asyncio.Lock()  # a timer may touch the tables between batches
         self.assigned: set[int] = set()
         self.consumer: AIOKafkaConsumer | None = None
+        self.failure: BaseException | None = None  # a recovery on assignment that failed
 
     async def caught_up(self) -> set[int]:
         """The assigned partitions whose every record has been handled (call under the
@@ -282,6 +287,18 @@ class Processor:
                 if end is not None and await consumer.position(tp) >= end:
                     out.add(partition)
         return out
+
+    async def handle_recovered(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Handle a batch, under the lock, unless a recovery of the tables failed: aiokafka
+        logs and swallows a rebalance listener's exception, and the stream would go on
+        against tables missing what their changelogs hold (a redelivered event admitted
+        twice). The worker stops instead, and is started again fresh."""
+        async with self.lock:
+            if self.failure is not None:
+                raise RecoveryFailed(f"{self.name}: recovering its tables failed") from (
+                    self.failure
+                )
+            await self.handle(records)
 
     async def run(self, settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
         group = group_id(settings.topic_prefix, self.name)
@@ -313,8 +330,7 @@ class Processor:
                     r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]
                 ]
                 try:
-                    async with self.lock:
-                        await self.handle(records)
+                    await self.handle_recovered(records)
                 except KafkaError as exc:  # retries ran out: redo the batch (idempotent)
                     if not exc.retriable:
                         raise  # redoing cannot help (a record too large, denied access)
@@ -364,12 +380,16 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.members.record(member_id)  # for the next process, should this one be killed
         new = {tp.partition for tp in assigned} - self.processor.assigned
         async with self.processor.lock:
-            for table in self.processor.tables:
-                table.drop(new)  # whatever was there is stale: rebuild from the changelog
-                await table.recover(self.settings, self.bootstrap, new)
-            self.processor.assigned |= new
-            if self.processor.on_assigned is not None and new:
-                await self.processor.on_assigned(new)
+            try:
+                for table in self.processor.tables:
+                    table.drop(new)  # whatever was there is stale: rebuild from the changelog
+                    await table.recover(self.settings, self.bootstrap, new)
+                self.processor.assigned |= new
+                if self.processor.on_assigned is not None and new:
+                    await self.processor.on_assigned(new)
+            except Exception as exc:
+                self.processor.failure = exc  # the next batch stops the worker
+                raise
 
 
 async def read_since(

@@ -1,0 +1,57 @@
+"""A processor whose tables failed to recover on an assignment handles nothing more: the
+worker stops (and is started again fresh) rather than judge events against tables that
+miss what their changelogs hold. aiokafka logs and swallows a rebalance listener's
+exception, so the listener alone could not stop it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+
+from ledger.adapters.config import Settings
+from ledger.adapters.membership import MemberFile
+from workers.runtime import Processor, RecoveryFailed, Table, _Rebalance
+from workers.worker import is_outage
+
+
+class Unreadable(Table):
+    async def recover(self, settings: Settings, bootstrap: str, partitions: set[int]) -> int:
+        raise KafkaConnectionError("the changelog cannot be read")
+
+
+async def test_a_failed_recovery_stops_the_processor_before_its_next_batch(
+    tmp_path: Path,
+) -> None:
+    handled: list[Any] = []
+
+    async def handle(records: list[Any]) -> None:
+        handled.extend(records)
+
+    table = Unreadable("t.", "t.subjects", 4)
+    processor = Processor("admit", "t.by-subject", handle, [table])
+    listener = _Rebalance(
+        processor, Settings(), "127.0.0.1:1", None, MemberFile(tmp_path, "t.admit")
+    )
+    with pytest.raises(KafkaConnectionError):  # what aiokafka would log and swallow
+        await listener.on_partitions_assigned([TopicPartition("t.by-subject", 0)])
+    assert processor.assigned == set()
+    with pytest.raises(RecoveryFailed) as stopped:
+        await processor.handle_recovered(["a record of partition 0"])  # type: ignore[list-item]
+    assert handled == [], "nothing is handled against unrecovered tables"
+    # a changelog the broker could not serve: an outage, ridden out by starting afresh
+    assert is_outage(stopped.value)
+
+
+async def test_a_recovered_processor_handles_its_batches() -> None:
+    handled: list[Any] = []
+
+    async def handle(records: list[Any]) -> None:
+        handled.extend(records)
+
+    processor = Processor("admit", "t.by-subject", handle)
+    await processor.handle_recovered(["r"])  # type: ignore[list-item]
+    assert handled == ["r"]
