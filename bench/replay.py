@@ -73,9 +73,12 @@ async def run(settings: Settings, requests: int) -> None:
     try:
         await wait_folded(settings, n, 3600)
         took = time.perf_counter() - started
+        asked = time.perf_counter()
         ok = await same_metrics(settings, want)
+        first = time.perf_counter() - asked
         print(f"  replay to the read model: {took:.1f} s ({n / took:,.0f} events/s); metrics "
-              f"{'=' if ok else '≠'} the fold's; peak RSS projector "
+              f"{'=' if ok else '≠'} the fold's (the first /metrics/decisions took "
+              f"{first * 1000:,.0f} ms); peak RSS projector "
               f"{peak_rss_mb(projector.pid):,.0f} MB, API "
               f"{peak_rss_mb(api.pid):,.0f} MB")  # fmt: skip
 

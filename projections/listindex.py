@@ -44,7 +44,11 @@ class Entry:
 
 def entry_of_json(raw: bytes, policy: Policy, days: int, unit: Unit) -> Entry:
     """A request's entry from its state's JSON (`RequestState.model_dump_json`)."""
-    s: dict[str, Any] = orjson.loads(raw)
+    return entry_of(orjson.loads(raw), policy, days, unit)
+
+
+def entry_of(s: dict[str, Any], policy: Policy, days: int, unit: Unit) -> Entry:
+    """A request's entry from its state's JSON, parsed (`orjson.loads`)."""
     intake = s["intake"]
     status = s["status"]
     stage = "decided" if status == "decided" else "scored" if s["score"] is not None else "intake"
@@ -93,12 +97,16 @@ class ListIndex:
 
     def put(self, request_id: str, raw: bytes | None) -> None:
         """The request's new state (None: gone)."""
+        self.put_parsed(request_id, None if raw is None else orjson.loads(raw))
+
+    def put_parsed(self, request_id: str, state: dict[str, Any] | None) -> None:
+        """`put`, of the state's JSON already parsed (`orjson.loads`)."""
         old = self.entries.pop(request_id, None)
         if old is not None:
             self._lists(old, _remove)
-        if raw is None:
+        if state is None:
             return
-        entry = self.entry(raw)
+        entry = entry_of(state, self.policy, self.days, self.unit)
         self.entries[request_id] = entry
         self._lists(entry, insort)
         if self.newest_at is None or entry.newest_at > self.newest_at:
@@ -107,6 +115,10 @@ class ListIndex:
     def entry(self, raw: bytes) -> Entry:
         """A request's entry from its state's JSON, under this index's rules."""
         return entry_of_json(raw, self.policy, self.days, self.unit)
+
+    def entry_parsed(self, state: dict[str, Any]) -> Entry:
+        """`entry`, of the state's JSON already parsed."""
+        return entry_of(state, self.policy, self.days, self.unit)
 
     def put_entries(self, entries: dict[str, Entry | None]) -> None:
         """Many requests' new entries at once (None: gone): what `put` does for each,

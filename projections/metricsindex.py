@@ -13,12 +13,15 @@ a bisection.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from bisect import bisect_right, insort
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from ledger.rules.calendar import BusinessCalendar
 from ledger.rules.policy import Policy, assess
@@ -102,6 +105,58 @@ def part_of(s: RequestState, policy: Policy) -> Part:
         else (),
         support=support,
         support_days=support_days,
+    )
+
+
+PART_KEY = "metrics_part"
+_PART_FIELDS = tuple(f.name for f in fields(Part))
+_TUPLES = tuple(i for i, f in enumerate(fields(Part)) if str(f.type).startswith("tuple"))
+_INSTANTS = tuple(i for i, f in enumerate(fields(Part)) if f.type == "tuple[datetime, ...]")
+
+
+def policy_tag(policy: Policy) -> str:
+    """Which policy a part was taken under (a part answers only under the same one)."""
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
+
+
+def with_part(state_json: bytes, part: Part, tag: str) -> bytes:
+    """A request state's JSON with its part first, under `PART_KEY` (a request state
+    ignores keys it does not have): the projector, which has the state in hand as it
+    folds, writes each request's part into its changelog record, so the API sums the
+    metrics from the JSON it reads anyway (a few us) instead of parsing every changed
+    state back into objects (~95 us) and taking its part (~20 us)."""
+    shipped = orjson.dumps([tag, *(getattr(part, name) for name in _PART_FIELDS)])
+    return b'{"' + PART_KEY.encode() + b'":' + shipped + b"," + state_json[1:]
+
+
+def part_from(state: dict[str, Any], tag: str) -> Part | None:
+    """The part a state's JSON (parsed) carries (`with_part`). None: it carries none
+    taken under the policy `tag` names, or none this version can read."""
+    shipped = state.get(PART_KEY) if type(state) is dict else None
+    if type(shipped) is not list or len(shipped) != len(_PART_FIELDS) + 1 or shipped[0] != tag:
+        return None
+    values = shipped[1:]
+    try:
+        for i in _TUPLES:
+            values[i] = tuple(values[i])
+        for i in _INSTANTS:
+            values[i] = tuple([datetime.fromisoformat(at) for at in values[i]])
+        part = Part(*values)
+    except (TypeError, ValueError):
+        return None
+    return part if _well_formed(part) else None
+
+
+def _well_formed(p: Part) -> bool:
+    """The JSON types a part's fields have (the instants parsed, with their offsets)."""
+    ints = (*p.cycle_days, *p.to_revisit, p.recommended, p.overridden, p.pilots_scaled)
+    return (
+        all(type(n) is int for n in ints)
+        and all(type(o) is str for o in p.outcomes)
+        and type(p.revisited) is bool is type(p.support)
+        and (p.partner is None or type(p.partner) is str)
+        and (p.support_days is None or type(p.support_days) is int)
+        and all(at.tzinfo is not None for at in (*p.pilots_closing, *p.returns, *p.declines))
     )
 
 

@@ -42,6 +42,7 @@ from projections.alerts import (
     next_check,
     request_alerts,
 )  # fmt: skip
+from projections.metricsindex import part_of, policy_tag, with_part
 from projections.state import (
     CustomerState,
     RequestState,
@@ -67,10 +68,14 @@ class Projector:
         self.topics = Topics(prefix)
         requests_name, customers_name = table_names(prefix)
         cache = settings.cache_states
-        self.requests = make_table(settings, requests_name, *_codec(RequestState), cache)
+        self.policy: Policy = load_policy(settings.policy_file)
+        self.part_tag = policy_tag(self.policy)
+        load, dump = _codec(RequestState)
+        self.requests = make_table(
+            settings, requests_name, load, lambda state: self._record(state, dump(state)), cache
+        )
         self.customers = make_table(settings, customers_name, *_codec(CustomerState), cache)
         self.raised = make_table(settings, f"{prefix}alerts-raised")
-        self.policy: Policy = load_policy(settings.policy_file)
         self.days: int = settings.overdue_days
         self.unit: Unit = settings.overdue_unit
         self.stream_time: dict[int, datetime] = {}
@@ -140,11 +145,16 @@ class Projector:
             state = (touched_customers if customer else touched_requests)[key]
             self._schedule(customer, key, state, when)
         encoded = {
-            key: request_json(state, stored[key], chain)
+            key: self._record(state, request_json(state, stored[key], chain))
             for key, state in touched_requests.items()
             if (chain := appended[key]) is not None
         }
         await self._write(alerts, touched_requests, touched_customers, encoded)
+
+    def _record(self, state: RequestState, state_json: bytes) -> bytes:
+        """A request's changelog record: its JSON, and its share of the decision metrics
+        (`projections.metricsindex.with_part`), taken here where the state is in hand."""
+        return with_part(state_json, part_of(state, self.policy), self.part_tag)
 
     def _schedule(self, customer: bool, key: bytes, state: Any, after: datetime) -> None:
         """Index the state's next deadline after `after` (None: none until a new event)."""

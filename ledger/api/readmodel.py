@@ -27,7 +27,7 @@ from ledger.adapters.config import Settings
 from ledger.adapters.topics import Topics
 from ledger.rules.policy import Policy
 from projections.listindex import Entry, ListIndex
-from projections.metricsindex import Part, Totals, part_of
+from projections.metricsindex import Part, Totals, part_from, part_of, policy_tag
 from projections.state import CustomerState, RequestState, history_length
 from workers.projector import table_names
 from workers.runtime import changelog_topic, rocks_options
@@ -198,6 +198,7 @@ class ReadModel:
         self.index_ok = True  # False once a state could not be indexed: views answer
         # the decision metrics, added up from each request's part as its state changes
         self.totals = Totals(policy or Policy())
+        self._part_tag = policy_tag(self.totals.policy)
         self._parts: dict[str, Part] = {}
         self._unsummed: set[str] = set()  # requests changed since their part was taken
         # until the read model first reaches the changelogs' ends (`run`), requests are
@@ -244,8 +245,10 @@ class ReadModel:
             if raw is None:
                 continue
             try:
-                state = cache.parsed.get(key) or RequestState.model_validate_json(raw)
-                part = part_of(state, self.totals.policy)
+                part = part_from(orjson.loads(raw), self._part_tag)  # as the projector took it
+                if part is None:
+                    state = cache.parsed.get(key) or RequestState.model_validate_json(raw)
+                    part = part_of(state, self.totals.policy)
             except ValueError:
                 log.exception("request %s cannot be summed: metrics refold instead", key)
                 self.index_ok = False
@@ -410,15 +413,35 @@ class ReadModel:
             cache.put(key, record.value)
             if topic != self.requests_topic:
                 continue
-            self._unsummed.add(key)
             if self._catching_up:
                 self._unindexed.add(key)  # indexed once, at its newest, on reaching the end
-            elif self.index_ok:
-                try:
-                    self.index.put(key, record.value)
-                except INDEX_ERRORS:
-                    log.exception("request %s cannot be indexed: lists refold instead", key)
-                    self.index_ok = False
+                self._unsummed.add(key)  # summed then too (or when asked before)
+                continue
+            try:
+                state = None if record.value is None else orjson.loads(record.value)
+                self._take_part(key, state)
+                if self.index_ok:
+                    self.index.put_parsed(key, state)
+            except INDEX_ERRORS:
+                log.exception("request %s cannot be indexed: lists refold instead", key)
+                self.index_ok = False
+
+    def _take_part(self, key: str, state: dict[str, Any] | None) -> None:
+        """A request's new share of the metrics, from its state's JSON (parsed): the part
+        the projector wrote into it (`with_part`), or, without one this read model can
+        use, the state's to take later (`sum_parts`, which parses it)."""
+        old = self._parts.pop(key, None)
+        if old is not None:
+            self.totals.remove(old)
+        self._unsummed.discard(key)
+        if state is None:
+            return
+        part = part_from(state, self._part_tag)
+        if part is None:
+            self._unsummed.add(key)
+            return
+        self._parts[key] = part
+        self.totals.add(part)
 
     async def _index_caught_up(self) -> None:
         """Index the requests whose records came while catching up, each once (a request
@@ -432,7 +455,10 @@ class ReadModel:
             for key in pending[start : start + INDEX_SLICE]:
                 value = cache.value(key)
                 try:
-                    entries[key] = None if value is None else self.index.entry(value)
+                    state = None if value is None else orjson.loads(value)
+                    if key in self._unsummed:
+                        self._take_part(key, state)
+                    entries[key] = None if state is None else self.index.entry_parsed(state)
                 except INDEX_ERRORS:
                     log.exception("request %s cannot be indexed: lists refold instead", key)
                     self.index_ok = False

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ledger.rules.calendar import BusinessCalendar
 
 CAL = BusinessCalendar()
@@ -45,3 +48,19 @@ def test_age() -> None:
     start = at("2026-03-06", "12:00")
     assert CAL.age(start, at("2026-03-07", "00:00"), "calendar") == 0.5
     assert CAL.age(start, at("2026-03-09"), "business") == 1.0
+
+
+@given(
+    start=st.dates(date(2025, 1, 1), date(2027, 12, 31)),
+    span=st.integers(-10, 400),
+    holidays=st.lists(st.dates(date(2025, 1, 1), date(2028, 12, 31)), max_size=12),
+)
+def test_business_days_between_counts_what_a_walk_day_by_day_counts(
+    start: date, span: int, holidays: list[date]
+) -> None:
+    """Counted by whole weeks and the days left over, holidays taken away once each (on
+    a weekday only): the same as walking every day between."""
+    cal = BusinessCalendar.of(holidays)
+    end = start + timedelta(days=span)
+    walked = sum(cal.is_business_day(start + timedelta(days=i)) for i in range(1, max(span, 0) + 1))
+    assert cal.business_days_between(start, end) == walked

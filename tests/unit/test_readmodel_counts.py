@@ -116,14 +116,14 @@ async def test_catching_up_indexes_each_request_once_at_its_newest() -> None:
 
     catching_up = ReadModel(Settings(), "127.0.0.1:1")
     catching_up._catching_up = True  # noqa: SLF001 - as `run` starts
-    read: list[bytes] = []
-    entry = catching_up.index.entry
+    read: list[dict[str, object]] = []
+    entry = catching_up.index.entry_parsed
 
-    def counted(raw: bytes):  # type: ignore[no-untyped-def]
-        read.append(raw)
-        return entry(raw)
+    def counted(state: dict[str, object]):  # type: ignore[no-untyped-def]
+        read.append(state)
+        return entry(state)
 
-    catching_up.index.entry = counted  # type: ignore[method-assign]
+    catching_up.index.entry_parsed = counted  # type: ignore[method-assign]
     catching_up._apply(catching_up.requests_topic, records)  # noqa: SLF001
     assert read == [] and catching_up.index.entries == {}
     await catching_up._index_caught_up()  # noqa: SLF001

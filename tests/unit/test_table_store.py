@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from events import from_mapping
@@ -15,7 +16,8 @@ from ledger.adapters.config import Settings
 from ledger.adapters.kafka import Outgoing
 from ledger.entrypoints.history import generate
 from projections import fold
-from projections.state import RequestState
+from projections.metricsindex import part_from, part_of, policy_tag
+from projections.state import RequestState, request_json
 from workers.projector import EVER, Projector
 from workers.runtime import make_table
 
@@ -79,3 +81,22 @@ def test_the_timer_reads_no_state_whose_partition_is_not_ready(tmp_path: Path) -
         projector.due.put(False, key, EVER)
     assert asyncio.run(projector.check()) == 0
     assert loads == [] and len(projector.due) == len(values)  # all still due, none parsed
+
+
+def test_the_projectors_request_records_carry_their_metrics_part(tmp_path: Path) -> None:
+    """Each request record the projector writes holds the request's share of the decision
+    metrics, taken under its policy, so the API sums the metrics without parsing states;
+    the record still parses to the state."""
+    projector = Projector(Settings(data_dir=tmp_path), producer=None)  # type: ignore[arg-type]
+    values = states()
+    changes = projector.requests.changes(values)
+    assert len(changes) == len(values)
+    for change in changes:
+        state = values[change.key]
+        assert RequestState.model_validate_json(change.value) == state
+        part = part_from(orjson.loads(change.value), policy_tag(projector.policy))
+        assert part == part_of(state, projector.policy)
+    key, state = next(iter(values.items()))  # the record of a state spliced onto its stored JSON
+    spliced = projector._record(state, request_json(state, None, []))  # noqa: SLF001
+    assert RequestState.model_validate_json(spliced) == state
+    assert part_from(orjson.loads(spliced), projector.part_tag) == part_of(state, projector.policy)
