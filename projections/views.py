@@ -34,7 +34,8 @@ def known_customers(customers: Iterable[CustomerState], as_of: datetime) -> list
     return [c for c in (c.as_of(as_of) for c in customers) if c is not None]
 
 
-def _recommendation(state: RequestState, policy: Policy) -> tuple[float | None, str | None]:
+def latest_assessment(state: RequestState, policy: Policy) -> tuple[float | None, str | None]:
+    """The adjusted F.A.I.R. score of a request's latest score, and what it recommends."""
     if state.score is None:
         return None, None
     result = assess(state.score, state.intake, policy.fair)
@@ -59,22 +60,40 @@ def pipeline(
             continue
         if stage and s.stage != stage:
             continue
-        adjusted, recommendation = _recommendation(s, policy)
-        rows.append(
-            {
-                "request_id": s.request_id,
-                "kind": s.intake.kind,
-                "title": s.intake.title,
-                "owner": s.intake.owner,
-                "stage": s.stage,
-                "opened_at": s.clock_started_at.isoformat(),
-                "age_days": math.floor(cal.age(s.clock_started_at, as_of, "calendar")),
-                "business_age_days": int(cal.age(s.clock_started_at, as_of, "business")),
-                "latest_adjusted_score": adjusted,
-                "recommendation": recommendation,
-            }
-        )
+        adjusted, recommendation = latest_assessment(s, policy)
+        i = s.intake
+        started = s.clock_started_at
+        row = pipeline_row(s.request_id, i.kind, i.title, i.owner, s.stage, started, as_of,
+                           cal, adjusted, recommendation)  # fmt: skip
+        rows.append(row)
     return sorted(rows, key=lambda r: (r["opened_at"], r["request_id"]))
+
+
+def pipeline_row(
+    request_id: str,
+    kind: str,
+    title: str,
+    owner: str,
+    stage: str,
+    started: datetime,
+    as_of: datetime,
+    cal: BusinessCalendar,
+    adjusted: float | None,
+    recommendation: str | None,
+) -> Row:
+    """One open request's row of the pipeline (`started`: when its decision clock did)."""
+    return {
+        "request_id": request_id,
+        "kind": kind,
+        "title": title,
+        "owner": owner,
+        "stage": stage,
+        "opened_at": started.isoformat(),
+        "age_days": math.floor(cal.age(started, as_of, "calendar")),
+        "business_age_days": int(cal.age(started, as_of, "business")),
+        "latest_adjusted_score": adjusted,
+        "recommendation": recommendation,
+    }
 
 
 def days_over(cal: BusinessCalendar, deadline: datetime, as_of: datetime, unit: Unit) -> float:
@@ -234,7 +253,7 @@ def request_view(state: RequestState, as_of: datetime, policy: Policy) -> Row | 
     s = request_as_of(state, as_of)
     if s is None:
         return None
-    adjusted, recommendation = _recommendation(s, policy)
+    adjusted, recommendation = latest_assessment(s, policy)
     last = s.last_decision
     return {
         "request_id": s.request_id,

@@ -42,7 +42,7 @@ from projections.alerts import (
     next_check,
     request_alerts,
 )  # fmt: skip
-from projections.metricsindex import part_of, policy_tag, with_part
+from projections.records import policy_tag, request_record
 from projections.state import (
     CustomerState,
     RequestState,
@@ -152,9 +152,9 @@ class Projector:
         await self._write(alerts, touched_requests, touched_customers, encoded)
 
     def _record(self, state: RequestState, state_json: bytes) -> bytes:
-        """A request's changelog record: its JSON, and its share of the decision metrics
-        (`projections.metricsindex.with_part`), taken here where the state is in hand."""
-        return with_part(state_json, part_of(state, self.policy), self.part_tag)
+        """A request's changelog record: its JSON, with what the API's indexes read off
+        it taken here, where the state is in hand (`projections.records`)."""
+        return request_record(state, state_json, self.policy, self.part_tag)
 
     def _schedule(self, customer: bool, key: bytes, state: Any, after: datetime) -> None:
         """Index the state's next deadline after `after` (None: none until a new event)."""

@@ -218,15 +218,32 @@ async def _listing(
 def pipeline_rows(
     model: ReadModel, ids: list[str], as_of: datetime, policy: Policy
 ) -> list[dict[str, Any]]:
-    """The pipeline's rows of many requests (ids in the pipeline's order), `SMALL_PAGE`
-    states at a time, each read without being kept (`ReadModel.peek_request`: safe off
-    the event loop): ten whole lists at once hold ten slices of states, not ten copies
-    of every open request, and the states kept parsed for single lookups stay."""
+    """The pipeline's rows of many requests (ids in the pipeline's order): read off the
+    index's entries where the projector wrote the request's assessment into its record
+    (`Entry.pipeline_row`: no state parsed), else from the states, `SMALL_PAGE` at a
+    time, each read without being kept (`ReadModel.peek_request`: safe off the event
+    loop): ten whole lists at once hold ten slices of states, not ten copies of every
+    open request, and the states kept parsed for single lookups stay."""
+    index = model.indexed(as_of)
+    entries = {} if index is None else index.entries
+    cal = views.calendar_of(policy)
     rows: list[dict[str, Any]] = []
+    mixed = False  # rows of parsed states among them: sorted into the ids' order
     for start in range(0, len(ids), SMALL_PAGE):
-        states = [model.peek_request(i) for i in ids[start : start + SMALL_PAGE]]
-        rows += views.pipeline([s for s in states if s is not None], as_of, policy)
-    return rows  # each slice is sorted as the index is: the slices follow one another
+        states = []
+        for request_id in ids[start : start + SMALL_PAGE]:
+            entry = entries.get(request_id)
+            row = None if entry is None else entry.pipeline_row(as_of, cal)
+            if row is not None:
+                rows.append(row)  # read off its entry: the projector wrote its assessment
+            elif (state := model.peek_request(request_id)) is not None:
+                states.append(state)
+        if states:
+            rows += views.pipeline(states, as_of, policy)
+            mixed = True
+    if mixed:
+        rows.sort(key=_pipeline_key)
+    return rows
 
 
 class _OpenOrder:
@@ -390,8 +407,7 @@ class Api:
             async def rows_of(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ids = [r["request_id"] for r in page]
                 if len(ids) <= SMALL_PAGE:
-                    known = [s for s in map(model.request, ids) if s is not None]
-                    return views.pipeline(known, as_of, self.policy)
+                    return pipeline_rows(model, ids, as_of, self.policy)
                 rows: list[dict[str, Any]] = await self.walk(
                     pipeline_rows, model, ids, as_of, self.policy
                 )

@@ -56,3 +56,40 @@ def test_a_request_leaves_the_lists_when_it_goes() -> None:
         index.put(request_id, None)
     assert index.open_requests() == [] and index.overdue(UNTIL) == []
     assert not (index.decision_due or index.hold_due or index.revisit_on or index.review_on)
+
+
+def test_pipeline_rows_read_off_the_entries_are_the_views_rows() -> None:
+    """A record as the projector writes it carries the request's latest assessment, so
+    its entry makes its pipeline row (no state parsed); under another policy, or from a
+    record without it, the entry has none and the row comes from the state."""
+    from projections.records import policy_tag, request_record
+    from projections.views import calendar_of
+
+    folded = Folded()
+    for raw in generate(requests=250, until=UNTIL, seed=21):
+        folded.apply(from_mapping(raw))
+    states = list(folded.requests.values())
+    index = ListIndex(POLICY, 10, "calendar")
+    tag = policy_tag(POLICY)
+    for s in states:
+        index.put(s.request_id, request_record(s, s.model_dump_json().encode(), POLICY, tag))
+    cal = calendar_of(POLICY)
+    for as_of in (UNTIL, UNTIL + timedelta(days=3, hours=5), UNTIL + timedelta(days=90)):
+        rows = [index.entries[r].pipeline_row(as_of, cal) for _, r in index.open]
+        want = pipeline(states, as_of, POLICY)
+        assert rows == want and len(want) > 20
+        assert any(r["recommendation"] for r in want) and any(
+            r["recommendation"] is None for r in want
+        )
+    decided = next(s for s in states if s.status == "decided")
+    assert index.entries[decided.request_id].pipeline_row(UNTIL, cal) is None
+
+    other = Policy.model_validate({"fair": {"decline_below": 4.9}})
+    elsewhere = ListIndex(other, 10, "calendar")
+    plain = ListIndex(POLICY, 10, "calendar")
+    for s in states:
+        elsewhere.put(s.request_id, request_record(s, s.model_dump_json().encode(), POLICY, tag))
+        plain.put(s.request_id, s.model_dump_json().encode())
+    for i in (elsewhere, plain):
+        assert all(e.assessed is None for e in i.entries.values())
+        assert all(e.pipeline_row(UNTIL, cal) is None for e in i.entries.values())

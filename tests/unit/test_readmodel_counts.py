@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -172,6 +172,39 @@ def test_a_long_pipeline_is_built_in_slices_without_keeping_its_states(
     rows = pipeline_rows(model, ids, until, Policy())
     assert rows == views.pipeline(folded.requests.values(), until, Policy())
     assert list(parsed) == before == [kept]
+
+
+def test_a_pipeline_of_the_projectors_records_is_built_without_parsing_a_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the assessment the projector writes into each record, a whole pipeline (and a
+    page of it) comes from the index's entries: no state parsed (ten whole lists of 22 k
+    rows each parsed every open request, for seconds, holding the GIL /health waits on)."""
+    from ledger.api.app import pipeline_rows
+    from ledger.rules.policy import Policy
+    from projections import views
+    from projections.records import policy_tag, request_record
+    from projections.state import RequestState
+
+    until = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+    folded = fold(from_mapping(e) for e in generate(requests=300, until=until))
+    model = ReadModel(Settings(), "127.0.0.1:1")
+    tag = policy_tag(Policy())
+    records = [
+        Record(k.encode(), request_record(s, s.model_dump_json().encode(), Policy(), tag))
+        for k, s in folded.requests.items()
+    ]
+
+    def refused(*_: object) -> None:
+        raise AssertionError("a state was parsed into objects")
+
+    monkeypatch.setattr(RequestState, "model_validate_json", refused)
+    model._apply(model.requests_topic, records)  # noqa: SLF001
+    ids = [request_id for _, request_id in model.index.open]
+    for as_of in (until, until + timedelta(days=20)):
+        want = views.pipeline(folded.requests.values(), as_of, Policy())
+        assert pipeline_rows(model, ids, as_of, Policy()) == want and len(want) > 40
+        assert pipeline_rows(model, ids[:5], as_of, Policy()) == want[:5]
 
 
 def test_a_walk_over_every_state_parses_as_it_goes(monkeypatch: pytest.MonkeyPatch) -> None:
