@@ -59,7 +59,7 @@ class Entry:
             return None
         started = datetime.fromisoformat(self.opened)
         return pipeline_row(self.request_id, self.kind, self.title, self.owner, self.stage,
-                            started, as_of, cal, *self.assessed)  # fmt: skip
+                            started, as_of, cal, *self.assessed, opened=self.opened)  # fmt: skip
 
 
 ASSESSED_KEY = "latest_assessment"

@@ -80,15 +80,17 @@ def pipeline_row(
     cal: BusinessCalendar,
     adjusted: float | None,
     recommendation: str | None,
+    opened: str | None = None,
 ) -> Row:
-    """One open request's row of the pipeline (`started`: when its decision clock did)."""
+    """One open request's row of the pipeline (`started`: when its decision clock did;
+    `opened`: that instant's `isoformat()`, when the caller has it)."""
     return {
         "request_id": request_id,
         "kind": kind,
         "title": title,
         "owner": owner,
         "stage": stage,
-        "opened_at": started.isoformat(),
+        "opened_at": started.isoformat() if opened is None else opened,
         "age_days": math.floor(cal.age(started, as_of, "calendar")),
         "business_age_days": int(cal.age(started, as_of, "business")),
         "latest_adjusted_score": adjusted,

@@ -43,3 +43,70 @@ async def test_health_answers_while_heavy_views_run(monkeypatch: pytest.MonkeyPa
         assert not any(task.done() for task in heavy)  # answered while the walks went on
         for response in await asyncio.gather(*heavy):
             assert response.status == 200
+
+
+@pytest.mark.parametrize("shipped", [True, False], ids=["projector-records", "bare-states"])
+async def test_a_whole_list_is_written_in_chunks_and_is_the_same_json(
+    monkeypatch: pytest.MonkeyPatch, shipped: bool
+) -> None:
+    """A whole list longer than a chunk goes out as a JSON array written a chunk at a
+    time (the event loop answers other requests between), and parses to the same rows;
+    a page, or a short list, is one body as before. Its rows are read off the index's
+    entries a slice at a time on the event loop (records as the projector writes them),
+    or from the states in a thread (records without what the index reads)."""
+    from datetime import datetime
+
+    import orjson
+
+    from events import from_mapping
+    from ledger.api import app as app_module
+    from ledger.entrypoints.history import generate
+    from projections import fold
+    from projections.records import policy_tag, request_record
+
+    monkeypatch.setattr(app_module, "JSON_CHUNK", 7)
+    monkeypatch.setattr(app_module, "FEW_STATES", 3)
+    monkeypatch.setattr(app_module, "ROW_SLICE", 6)
+    until = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+    folded = fold(from_mapping(e) for e in generate(requests=200, until=until))
+    settings = Settings(clock=until.isoformat())
+    api = Api(settings, Policy())
+    app = web.Application()
+    model = app[READ_MODEL] = ReadModel(settings, "127.0.0.1:1")
+    app[STREAM] = StreamWatch(settings, "127.0.0.1:1")
+    app.router.add_get("/pipeline", api.pipeline)
+
+    class Record:
+        def __init__(self, key: bytes, value: bytes) -> None:
+            self.key, self.value, self.timestamp = key, value, 0
+
+    tag = policy_tag(Policy())
+
+    def record(state: Any) -> bytes:
+        raw = state.model_dump_json().encode()
+        return request_record(state, raw, Policy(), tag) if shipped else raw
+
+    records = [Record(k.encode(), record(s)) for k, s in folded.requests.items()]
+    walks: list[Any] = []
+    walk = api.walk
+
+    async def counted(view: Any, *args: Any, **kwargs: Any) -> Any:
+        walks.append(view)
+        return await walk(view, *args, **kwargs)
+
+    monkeypatch.setattr(api, "walk", counted)
+    model._apply(model.requests_topic, records)  # noqa: SLF001
+    want = orjson.loads(orjson.dumps(views.pipeline(folded.requests.values(), until, Policy())))
+    assert len(want) > 3 * 7
+    async with TestClient(TestServer(app)) as client:
+        whole = await client.get("/pipeline")
+        assert whole.status == 200 and whole.headers["Content-Type"] == "application/json"
+        assert "Content-Length" not in whole.headers  # streamed
+        assert orjson.loads(await whole.read()) == want
+        page = await client.get("/pipeline", params={"limit": "50"})
+        assert page.headers.get("Content-Length") is not None
+        assert orjson.loads(await page.read())["items"] == want[:50]
+    if shipped:
+        assert walks == []  # every row read off the index on the event loop
+    else:  # each slice of states parsed in a thread
+        assert set(walks) == {app_module.pipeline_rows} and len(walks) >= len(want) // 6
