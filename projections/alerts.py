@@ -21,6 +21,7 @@ from ledger.rules.calendar import Unit
 from ledger.rules.policy import Policy
 from projections.state import (
     CustomerState,
+    RequestFacts,
     RequestState,
     apply_customer,
     apply_request,
@@ -37,13 +38,18 @@ def alert_id(kind: str, subject: str, episode: str) -> str:
 
 
 def request_alerts(
-    state: RequestState, as_of: datetime, policy: Policy, days: int, unit: Unit
+    state: RequestState | RequestFacts, as_of: datetime, policy: Policy, days: int, unit: Unit
 ) -> list[Alert]:
-    """The alerts a request calls for at `as_of` (raised or not)."""
-    known = request_as_of(state, as_of)
-    if known is None:
-        return []
-    state = known
+    """The alerts a request calls for at `as_of` (raised or not). Its facts
+    (`RequestFacts`) say the same as its state, as of an instant not before its newest
+    event."""
+    if isinstance(state, RequestFacts):
+        _not_before(state, as_of)
+    else:
+        known = request_as_of(state, as_of)
+        if known is None:
+            return []
+        state = known
     out: list[Alert] = []
     last = state.last_decision
     for reason, since, over in overdue_reasons(state, as_of, policy, days, unit):
@@ -93,8 +99,17 @@ def customer_alerts(state: CustomerState, as_of: datetime, policy: Policy) -> li
 JUST_AFTER = timedelta(microseconds=1)  # "overdue" holds strictly after a deadline
 
 
+def _not_before(facts: RequestFacts, as_of: datetime) -> None:
+    if as_of < facts.newest_at:
+        raise ValueError(f"{facts.request_id}: its facts hold only from its newest event")
+
+
 def next_check(
-    state: RequestState | CustomerState, after: datetime, policy: Policy, days: int, unit: Unit
+    state: RequestState | RequestFacts | CustomerState,
+    after: datetime,
+    policy: Policy,
+    days: int,
+    unit: Unit,
 ) -> datetime | None:
     """The earliest instant after `after` at which checking `state` (`request_alerts` or
     `customer_alerts`) could find a crossing that checking it at `after` does not: when a
@@ -104,10 +119,11 @@ def next_check(
     if isinstance(state, CustomerState):
         return min((e.occurred_at for e in state.escalations if e.occurred_at > after),
                    default=None)  # fmt: skip
-    history = state.history  # in fold order: the intake, then by occurred_at
-    view: RequestState | None = state  # the usual case: nothing later-dated, O(1)
+    view: RequestState | RequestFacts | None = state  # the usual case: nothing later-dated
     candidates: list[datetime] = []
-    if max(history[0].occurred_at, history[-1].occurred_at) > after:
+    if isinstance(state, RequestFacts):
+        _not_before(state, after)
+    elif max((history := state.history)[0].occurred_at, history[-1].occurred_at) > after:
         candidates = [e.occurred_at for e in history if e.occurred_at > after]
         view = request_as_of(state, after)
     if view is not None:

@@ -4,8 +4,8 @@
 The projector has each request's state in hand as it folds it; the API reads only the
 JSON it is sent. So the projector writes into each record, beside the state, what the
 API would otherwise parse the state back into objects for (~95 us a state): its share
-of the decision metrics (`metricsindex.with_part`) and its latest assessment
-(`listindex.with_assessment`), both under a tag of the policy they were taken with. A
+of the decision metrics (`metricsindex.with_part`) and, while it is open, its latest
+assessment (`listindex.with_assessment`), both under a tag of the policy they were taken with. A
 request state ignores keys it does not have, so a record parses to the state as before;
 an API under another policy, or a record without them, takes them from the state.
 """
@@ -22,6 +22,8 @@ __all__ = ["policy_tag", "request_record"]
 
 def request_record(state: RequestState, state_json: bytes, policy: Policy, tag: str) -> bytes:
     """`state_json` (the state's JSON) with what the API's indexes read, under `tag`
-    (`policy_tag(policy)`)."""
-    assessed = with_assessment(state_json, state, policy, tag)
-    return with_part(assessed, part_of(state, policy), tag)
+    (`policy_tag(policy)`): the assessment only while the request is open (only the open
+    pipeline shows it)."""
+    if state.status == "open":
+        state_json = with_assessment(state_json, state, policy, tag)
+    return with_part(state_json, part_of(state, policy), tag)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from ledger.rules.calendar import BusinessCalendar, Unit
 from ledger.rules.policy import Policy, assess
 from projections.metricsindex import Totals, part_of
-from projections.state import CustomerState, RequestState, request_as_of
+from projections.state import CustomerState, RequestFacts, RequestState, request_as_of
 
 Row = dict[str, Any]
 
@@ -105,7 +105,7 @@ def days_over(cal: BusinessCalendar, deadline: datetime, as_of: datetime, unit: 
 
 
 def overdue_reasons(
-    s: RequestState, as_of: datetime, policy: Policy, days: int, unit: Unit
+    s: RequestState | RequestFacts, as_of: datetime, policy: Policy, days: int, unit: Unit
 ) -> list[tuple[str, datetime, float]]:
     """(reason, since, days_overdue) for each of the four request rules that holds."""
     cal = calendar_of(policy)

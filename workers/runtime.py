@@ -91,12 +91,20 @@ class Table:
         """(partition, key) of every state held."""
         return [(self.partition_of[k], k) for k in list(self.data)]
 
+    def keys_of(self, partition: int) -> list[bytes]:
+        """The keys of the states held for one partition."""
+        return [k for p, k in self.owned_keys() if p == partition]
+
     def owned(self) -> Iterable[tuple[int, bytes, Any]]:
         return [(self.partition_of[k], k, v) for k, v in list(self.data.items())]
 
     def stored(self, key: bytes) -> bytes | None:
         """A key's value as its changelog holds it (None: not kept as bytes here)."""
         return None
+
+    def kept(self, key: bytes) -> Any:
+        """A key's value if it is at hand as objects (None: not, or none), never parsed."""
+        return self.data.get(key)
 
     def changes(
         self, values: Mapping[bytes, Any], encoded: Mapping[bytes, bytes] | None = None
@@ -198,6 +206,9 @@ class JsonTable(Table):
 
     def stored(self, key: bytes) -> bytes | None:
         return self.data.get(key)
+
+    def kept(self, key: bytes) -> Any:
+        return self.cache.get(key)
 
     def get(self, key: bytes) -> Any:
         value = self.cache.get(key)
@@ -524,6 +535,12 @@ class RocksTable(JsonTable):
             for key in db.keys()  # noqa: SIM118 - an Rdict, not a dict
             if key != OFFSET_KEY
         ]
+
+    def keys_of(self, partition: int) -> list[bytes]:
+        db = self._dbs.get(partition)
+        if db is None:
+            return []
+        return [key for key in db.keys() if key != OFFSET_KEY]  # noqa: SIM118 - an Rdict
 
     def owned(self) -> Iterable[tuple[int, bytes, Any]]:
         for partition, db in list(self._dbs.items()):

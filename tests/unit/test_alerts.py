@@ -168,3 +168,45 @@ def test_checking_only_when_next_check_says_finds_what_checking_every_tick_finds
         assert indexed == every_tick, subject
         compared += len(every_tick)
     assert compared > 100  # the history crosses plenty of deadlines
+
+
+@pytest.mark.parametrize("unit", ["calendar", "business"])
+def test_a_requests_facts_call_for_the_alerts_its_state_does(unit: Any) -> None:
+    """The alert timer reads a due request's facts off its stored JSON instead of parsing
+    the state: as of any instant from its newest event on, the same alerts and the same
+    next check; before it, the facts refuse (only the whole state can say)."""
+    from datetime import timedelta
+
+    import orjson
+
+    from ledger.entrypoints.history import generate
+    from projections.alerts import next_check
+    from projections.state import request_facts
+
+    until = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+    folded = fold(from_mapping(e) for e in generate(requests=300, until=until, seed=9))
+    raised = checked = 0
+    for state in folded.requests.values():
+        facts = request_facts(orjson.loads(state.model_dump_json()))
+        assert facts.newest_at == max(e.occurred_at for e in state.history)
+        for as_of in (
+            facts.newest_at,
+            until,
+            until + timedelta(days=3),
+            until + timedelta(days=60),
+        ):
+            if as_of < facts.newest_at:
+                continue
+            want = request_alerts(state, as_of, POLICY, 10, unit)
+            assert request_alerts(facts, as_of, POLICY, 10, unit) == want
+            assert next_check(facts, as_of, POLICY, 10, unit) == next_check(
+                state, as_of, POLICY, 10, unit
+            )
+            raised += len(want)
+            checked += 1
+        with pytest.raises(ValueError, match="newest event"):
+            request_alerts(facts, facts.newest_at - timedelta(seconds=1), POLICY, 10, unit)
+    assert checked > 900 and raised > 100
+    kinds = {a["kind"] for s in folded.requests.values()
+             for a in request_alerts(s, until + timedelta(days=60), POLICY, 10, unit)}  # fmt: skip
+    assert kinds == {"decision_overdue", "revisit_overdue", "pilot_review_overdue", "hold_overdue"}

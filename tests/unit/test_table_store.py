@@ -100,3 +100,77 @@ def test_the_projectors_request_records_carry_their_metrics_part(tmp_path: Path)
     spliced = projector._record(state, request_json(state, None, []))  # noqa: SLF001
     assert RequestState.model_validate_json(spliced) == state
     assert part_from(orjson.loads(spliced), projector.part_tag) == part_of(state, projector.policy)
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_partitions_taken_over_are_swept_at_the_first_ready_tick(
+    store: str, tmp_path: Path
+) -> None:
+    """An assignment lists no keys (on RocksDB at 1 M events that held the stream up for a
+    second); the first tick that finds a taken-over partition ready checks every state of
+    it once, and a partition not ready yet waits, its states unread."""
+    settings = Settings(store=store, data_dir=tmp_path, clock=UNTIL.isoformat(), cache_states=1)  # type: ignore[arg-type]
+    projector = Projector(settings, producer=None)  # type: ignore[arg-type]
+    values = states()
+    projector.requests.apply(values, projector.requests.changes(values))
+    partitions = {projector.requests.partition(k) for k in values}
+    projector.processor.assigned = set(partitions)
+    asyncio.run(projector._taken_over(partitions))  # noqa: SLF001
+    assert len(projector.due) == 0 and projector.sweep == partitions
+
+    read: list[bytes] = []
+    at_hand = projector._at_hand  # noqa: SLF001
+    projector._at_hand = lambda c, key, now: read.append(key) or at_hand(c, key, now)  # type: ignore[method-assign]  # noqa: SLF001
+    written: list[Any] = []
+
+    async def write(alerts: Any, *_: Any) -> None:
+        written.extend(alerts.alerts)
+
+    projector._write = write  # type: ignore[method-assign]  # noqa: SLF001
+    asyncio.run(projector.check())
+    assert read == [] and projector.sweep == partitions  # none ready: nothing read
+
+    first = min(partitions)
+    projector.stream_time[first] = UNTIL  # its traffic is live: ready
+    asyncio.run(projector.check())
+    in_first = [k for k in values if projector.requests.partition(k) == first]
+    assert in_first and sorted(read) == sorted(in_first)  # each state of it, once
+    assert projector.sweep == partitions - {first}
+    assert written  # overdue requests among them raised their alerts
+    projector.processor.assigned -= partitions - {first}  # the rest went elsewhere
+    asyncio.run(projector.check())
+    assert projector.sweep == set()
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_the_timer_checks_due_requests_from_their_facts_without_parsing(
+    store: str, tmp_path: Path
+) -> None:
+    """Due requests not kept as objects are checked from their facts, read off their
+    stored JSON: no pydantic parse, and the alerts raised are those of their states."""
+    from projections.alerts import request_alerts
+
+    settings = Settings(store=store, data_dir=tmp_path, clock=UNTIL.isoformat(), cache_states=1)  # type: ignore[arg-type]
+    projector = Projector(settings, producer=None)  # type: ignore[arg-type]
+    values = states()
+    projector.requests.apply(values, projector.requests.changes(values))
+    loads: list[bytes] = []
+    parse = projector.requests.load
+    projector.requests.load = lambda raw: loads.append(raw) or parse(raw)  # type: ignore[method-assign]
+    written: list[Any] = []
+
+    async def write(alerts: Any, *_: Any) -> None:
+        written.extend(alerts.alerts)
+
+    projector._write = write  # type: ignore[method-assign]  # noqa: SLF001
+    for key in values:
+        projector.due.put(False, key, EVER)
+        projector.stream_time[projector.requests.partition(key)] = UNTIL  # live
+    asyncio.run(projector.check())
+    assert loads == []
+    policy, days, unit = projector.policy, projector.days, projector.unit
+    want = {
+        a["alert_id"] for s in values.values() for a in request_alerts(s, UNTIL, policy, days, unit)
+    }
+    assert want and {a["alert_id"] for a in written} == want
+    assert len(projector.due) > 0  # and each rescheduled by its next deadline
