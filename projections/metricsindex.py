@@ -18,6 +18,7 @@ import math
 from bisect import bisect_right, insort
 from collections import Counter
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -110,6 +111,7 @@ def part_of(s: RequestState, policy: Policy) -> Part:
 
 PART_KEY = "metrics_part"
 _PART_FIELDS = tuple(f.name for f in fields(Part))
+_values_of = attrgetter(*_PART_FIELDS)  # a part's fields, in order, as a tuple
 _TUPLES = tuple(i for i, f in enumerate(fields(Part)) if str(f.type).startswith("tuple"))
 _INSTANTS = tuple(i for i, f in enumerate(fields(Part)) if f.type == "tuple[datetime, ...]")
 
@@ -125,7 +127,7 @@ def with_part(state_json: bytes, part: Part, tag: str) -> bytes:
     folds, writes each request's part into its changelog record, so the API sums the
     metrics from the JSON it reads anyway (a few us) instead of parsing every changed
     state back into objects (~95 us) and taking its part (~20 us)."""
-    shipped = orjson.dumps([tag, *(getattr(part, name) for name in _PART_FIELDS)])
+    shipped = orjson.dumps([tag, *_values_of(part)])
     return b'{"' + PART_KEY.encode() + b'":' + shipped + b"," + state_json[1:]
 
 
