@@ -18,8 +18,8 @@ import math
 from bisect import bisect_right, insort
 from collections import Counter
 from dataclasses import dataclass, fields
-from operator import attrgetter
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 import orjson
