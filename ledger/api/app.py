@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import csv
 import hmac
 import io
@@ -169,6 +170,7 @@ async def _listing(
     as_of: datetime,
     newest_first: bool = False,
     build: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]] | None = None,
+    gate: asyncio.Semaphore | None = None,
 ) -> web.StreamResponse:
     """A list, whole (a JSON array, as before) or one page of it: with `limit` (and then
     `cursor`), `{items, total, next_cursor, as_of}`. Rows are in `key` order (descending
@@ -207,12 +209,13 @@ async def _listing(
         headers["X-Total-Count"] = str(len(rows))
         paged = {"items": page, "total": len(rows), "next_cursor": next_cursor,
                  "as_of": as_of.isoformat()}  # fmt: skip
-    if build is not None and paged is None:  # the whole list: built a slice at a time
-        built: list[dict[str, Any]] = []
-        keys = iter(page)
-        while chunk := list(islice(keys, ROW_SLICE)):
-            built += await build(chunk)
-            await asyncio.sleep(0)
+    if build is not None and paged is None:  # the whole list: built a slice at a time,
+        built: list[dict[str, Any]] = []  # `gate`'s few lists at once
+        async with gate or contextlib.nullcontext():
+            keys = iter(page)
+            while chunk := list(islice(keys, ROW_SLICE)):
+                built += await build(chunk)
+                await asyncio.sleep(0)
         page = built
     elif build is not None:
         page = await build(list(page))
@@ -371,6 +374,9 @@ class Api:
         # views that walk every state run in threads, two at most at once: the event loop
         # (/health, one request's view, the broker check) keeps its turn under any load
         self.heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
+        # whole lists built on the event loop a slice at a time, as few at once: with ten,
+        # each pass of the loop ran ten slices before /health's turn came
+        self.whole = asyncio.Semaphore(HEAVY_AT_ONCE)
         messages.check(self.templates)  # a broken team template stops the API at start
 
     # -- parameters ----------------------------------------------------------------
@@ -448,8 +454,9 @@ class Api:
                 return rows
 
             return await _listing(
-                request, keys, PIPELINE_COLUMNS, _pipeline_key, as_of, build=rows_of
-            )
+                request, keys, PIPELINE_COLUMNS, _pipeline_key, as_of, build=rows_of,
+                gate=self.whole,
+            )  # fmt: skip
         rows = await self.walk(
             views.pipeline,
             model.requests(),

@@ -110,3 +110,52 @@ async def test_a_whole_list_is_written_in_chunks_and_is_the_same_json(
         assert walks == []  # every row read off the index on the event loop
     else:  # each slice of states parsed in a thread
         assert set(walks) == {app_module.pipeline_rows} and len(walks) >= len(want) // 6
+
+
+async def test_whole_lists_are_built_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten whole pipelines asked at once are built `HEAVY_AT_ONCE` at a time: with all ten
+    taking turns, every pass of the event loop ran ten slices before /health's turn."""
+    from datetime import datetime
+
+    from events import from_mapping
+    from ledger.api import app as app_module
+    from ledger.entrypoints.history import generate
+    from projections import fold
+    from projections.records import policy_tag, request_record
+
+    monkeypatch.setattr(app_module, "ROW_SLICE", 5)
+    until = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+    folded = fold(from_mapping(e) for e in generate(requests=200, until=until))
+    settings = Settings(clock=until.isoformat())
+    api = Api(settings, Policy())
+    app = web.Application()
+    model = app[READ_MODEL] = ReadModel(settings, "127.0.0.1:1")
+    app[STREAM] = StreamWatch(settings, "127.0.0.1:1")
+    app.router.add_get("/pipeline", api.pipeline)
+    tag = policy_tag(Policy())
+
+    class Record:
+        def __init__(self, key: bytes, value: bytes) -> None:
+            self.key, self.value, self.timestamp = key, value, 0
+
+    records = [
+        Record(k.encode(), request_record(s, s.model_dump_json().encode(), Policy(), tag))
+        for k, s in folded.requests.items()
+    ]
+    model._apply(model.requests_topic, records)  # noqa: SLF001
+    turns: list[object] = []  # which request built each slice, in order
+    rows_of = app_module.pipeline_rows
+
+    def counted(*args: Any) -> Any:
+        turns.append(asyncio.current_task())
+        return rows_of(*args)
+
+    monkeypatch.setattr(app_module, "pipeline_rows", counted)
+    async with TestClient(TestServer(app)) as client:
+        answers = await asyncio.gather(*[client.get("/pipeline") for _ in range(10)])
+        bodies = [await a.read() for a in answers]
+    assert len(set(bodies)) == 1 and all(a.status == 200 for a in answers)
+    spans = [(turns.index(t), len(turns) - turns[::-1].index(t)) for t in set(turns)]
+    assert len(spans) == 10 and all(b - a >= 3 for a, b in spans)  # several slices each
+    most = max(sum(a <= i < b for a, b in spans) for i in range(len(turns)))
+    assert most == HEAVY_AT_ONCE
