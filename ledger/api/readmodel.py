@@ -220,10 +220,12 @@ class ReadModel:
 
     async def metrics(self, as_of: datetime) -> dict[str, Any] | None:
         """The decision metrics as of `as_of` from the running totals (None: they do not
-        answer as of then, refold with the views). The parts of requests changed since the
-        last call are taken first, a slice at a time, so the event loop keeps its turn (as
-        many as had changed when it was asked: a stream faster than the summing cannot keep
-        it answering for ever; what changes meanwhile is summed next time)."""
+        answer as of then, refold with the views). The totals take each request's part as
+        its record comes (`_take_part`); the parts still to take (records that came while
+        catching up, or without a part this read model can use) are taken first, a slice
+        at a time, so the event loop keeps its turn (as many as were waiting when it was
+        asked: a stream faster than the summing cannot keep it answering for ever; what
+        changes meanwhile is summed next time)."""
         budget = len(self._unsummed)
         while budget > 0 and self._unsummed and self.index_ok:
             self.sum_parts(min(SUM_SLICE, budget))
