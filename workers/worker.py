@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError
 
 from ledger.adapters.config import Settings
-from ledger.adapters.kafka import ensure_ledger_topics, ensure_topics
+from ledger.adapters.kafka import ensure_ledger_topics, ensure_topics, resend_only_unwritten
 from ledger.adapters.process import configure_process
 from workers.dispatcher import Dispatcher
 from workers.projector import Projector
@@ -85,13 +85,15 @@ async def run_worker(
     """Run until `stop` is set or something fails; the failure, or None."""
     failure: BaseException | None = None
     await ensure_ledger_topics(settings, bootstrap)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=False,  # Tansu does not implement InitProducerId
-        linger_ms=2,
-        max_batch_size=512 * 1024,
-        **settings.kafka_client_options(),
+    producer = resend_only_unwritten(
+        AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=False,  # Tansu does not implement InitProducerId
+            linger_ms=2,
+            max_batch_size=512 * 1024,
+            **settings.kafka_client_options(),
+        )
     )
     await producer.start()
     tables: list[Table] = []

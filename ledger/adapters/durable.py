@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from ledger.adapters.config import Settings
-from ledger.adapters.kafka import Outgoing, ensure_topics, send_sealed
+from ledger.adapters.kafka import Outgoing, ensure_topics, resend_only_unwritten, send_sealed
 from ledger.adapters.topics import FOREVER, Topics
 
 JOURNAL_HEADER = "ledger-journal"
@@ -284,13 +284,15 @@ async def restore(settings: Settings, bootstrap: str, store: DurableStore) -> Re
             await ensure_topics(
                 bootstrap, named, partitions, options, extra_configs=extra, settings=settings
             )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=False,
-        linger_ms=0,
-        max_batch_size=1024 * 1024,
-        **options,
+    producer = resend_only_unwritten(
+        AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=0,
+            max_batch_size=1024 * 1024,
+            **options,
+        )
     )
     await producer.start()
     count = 0

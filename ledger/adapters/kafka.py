@@ -10,12 +10,15 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    CorrelationIdError,
     KafkaConnectionError,
     KafkaError,
     RecordTooLargeError,
+    RequestTimedOutError,
     TopicAlreadyExistsError,
 )
 from aiokafka.partitioner import murmur2
+from aiokafka.producer import sender as _sender
 
 from ledger.adapters.config import Settings
 from ledger.adapters.topics import Topics
@@ -83,6 +86,34 @@ async def ensure_ledger_topics(settings: Settings, bootstrap: str) -> Topics:
         settings=settings,
     )
     return topics
+
+
+# --- no blind resends ---------------------------------------------------------------
+# Tansu has no idempotent producer, and aiokafka sends a batch again after any retriable
+# error, among them a lost connection or a timed-out request: errors after which the
+# broker may well have written the batch. The second copy then lands beside the first
+# (a broker cut off mid-stream put one event in ledger.events twice). A producer marked
+# by `resend_only_unwritten` sends a batch again only when the broker said it did not
+# write it (a leader moving, a topic not yet known); after an error that leaves it
+# unknown, the send fails, the worker starts its processors afresh, and what its last
+# batches wrote is read back from its outputs (`workers.validator.complete_from_output`).
+UNKNOWN_FATE = (KafkaConnectionError, RequestTimedOutError, CorrelationIdError)
+_aiokafka_can_retry = _sender.SendProduceReqHandler._can_retry
+
+
+def _can_retry(handler: Any, error: Exception, batch: Any) -> bool:
+    if isinstance(error, UNKNOWN_FATE) and getattr(handler._sender, "ledger_no_blind", False):
+        return False
+    return bool(_aiokafka_can_retry(handler, error, batch))
+
+
+_sender.SendProduceReqHandler._can_retry = _can_retry
+
+
+def resend_only_unwritten(producer: AIOKafkaProducer) -> AIOKafkaProducer:
+    """The producer, marked to send a batch again only when it cannot have been written."""
+    producer._sender.ledger_no_blind = True  # noqa: SLF001 - read by `_can_retry` above
+    return producer
 
 
 # --- sealed sends -----------------------------------------------------------------
@@ -186,7 +217,8 @@ async def _send_partition(
     indexes: list[int],
 ) -> list[tuple[int, Acked]]:
     """The messages at `indexes`, to one partition, in order; a batch refused with a
-    retriable error (a leader moving, a topic just created) is sent again."""
+    retriable error (a leader moving, a topic just created) is sent again, one whose
+    fate is unknown (`UNKNOWN_FATE`) never."""
     landed: list[tuple[int, Acked]] = []
     for batch, members in _fill(producer, messages, indexes):
         for attempt in range(RETRIES + 1):
@@ -197,8 +229,8 @@ async def _send_partition(
                 metadata = await (await producer.send_batch(batch, topic, partition=partition))
                 break
             except KafkaError as exc:
-                if not exc.retriable or attempt == RETRIES:
-                    raise
+                if not exc.retriable or isinstance(exc, UNKNOWN_FATE) or attempt == RETRIES:
+                    raise  # (a batch perhaps written is never sent again: see above)
                 await producer.client.force_metadata_update()
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
         landed.extend(
