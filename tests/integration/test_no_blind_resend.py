@@ -106,3 +106,38 @@ async def test_a_batch_whose_answer_was_lost_is_not_sent_again(tmp_path: Path) -
         values = [r.value for r in out.records[topic]]
         assert values == [b"before", b"lost", b"after"]  # written once, in order
         await proxy.close()
+
+
+async def test_a_batch_left_unsealed_is_read_back_whole(tmp_path: Path) -> None:
+    """A worker killed between a sealed send's two phases leaves a batch whose records
+    after its first lie past the end Tansu reports; reading back what it wrote (to know
+    its verdicts as given) must see them all, or they would be written a second time."""
+    from aiokafka import TopicPartition
+
+    from workers.runtime import read_since
+
+    port = free_port()
+    with EmbeddedBroker(tmp_path / "tansu.log", port=port):
+        bootstrap = f"127.0.0.1:{port}"
+        settings = Settings(broker=bootstrap, data_dir=tmp_path / "data")
+        topic = "unsealed"
+        await ensure_topics(bootstrap, {topic: 3_600_000}, 1, settings.kafka_client_options())
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+        await producer.start()
+        try:
+            await send_sealed(producer, [Outgoing(topic, b"k", b"sealed")])
+            batch = producer.create_batch()  # the first phase alone: the writer died then
+            for n in range(3):
+                batch.append(key=b"k", value=f"unsealed {n}".encode(), timestamp=None)
+            batch.close()
+            await (await producer.send_batch(batch, topic, partition=0))
+        finally:
+            await producer.stop()
+        tp = TopicPartition(topic, 0)
+        records, ends = await read_since(settings, bootstrap, [topic], {tp: 0})
+        assert [r.value for r in records] == [b"sealed", b"unsealed 0", b"unsealed 1",
+                                             b"unsealed 2"]  # fmt: skip
+        assert ends[tp] == 4
+        records, ends = await read_since(settings, bootstrap, [topic], {tp: 1})
+        assert [r.value for r in records] == [b"unsealed 0", b"unsealed 1", b"unsealed 2"]
+        assert (await read_since(settings, bootstrap, [topic], {}, ends_only=True))[1][tp] >= 2
