@@ -2,7 +2,7 @@
 idempotent producer): one copy in the topic, and the send fails, for the worker to start
 afresh and read back what its last batches wrote.
 
-Real at the TCP level: the broker advertises a port served by a proxy in this test, which
+Real at the TCP level: the broker advertises a port served by the outage test's proxy, which
 passes the produce request through, drops the broker's answer, then drops the connection,
 as a network cut between the two would. aiokafka, left alone, sends the batch again on a
 new connection, and the broker writes it twice (the outage test once found an event in
@@ -12,7 +12,6 @@ ledger.events twice that way).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -28,53 +27,15 @@ from ledger.adapters.kafka import (
     send_sealed,
 )
 from ledger.adapters.reader import collect
+from tests.integration.test_outage import Proxy
 
 pytestmark = pytest.mark.integration
 
 
-class MutingProxy:
-    """127.0.0.1:port -> the broker; while `muted`, the broker's answers are dropped."""
-
-    def __init__(self, port: int, target: int) -> None:
-        self.port, self.target = port, target
-        self.muted = False
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    def drop_connections(self) -> None:
-        for writer in list(self.writers):
-            writer.transport.abort()
-        self.writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        self.writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    if answers and self.muted:
-                        continue  # the broker's answer is lost on the way
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
-
-    async def close(self) -> None:
-        self.drop_connections()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
 async def test_a_batch_whose_answer_was_lost_is_not_sent_again(tmp_path: Path) -> None:
     port, target = free_port(), free_port()
-    proxy = MutingProxy(port, target)
-    await proxy.start()
+    proxy = Proxy(port, target)
+    await proxy.mend()
     with EmbeddedBroker(tmp_path / "tansu.log", port=target, advertised_port=port):
         bootstrap = f"127.0.0.1:{port}"
         settings = Settings(broker=bootstrap, data_dir=tmp_path / "data")
@@ -91,21 +52,19 @@ async def test_a_batch_whose_answer_was_lost_is_not_sent_again(tmp_path: Path) -
             await send_sealed(producer, [Outgoing(topic, b"k", b"before")])  # connected
             proxy.muted = True
             sending = asyncio.create_task(send_sealed(producer, [Outgoing(topic, b"k", b"lost")]))
-            await asyncio.sleep(1.0)  # the request has reached the broker, which wrote it
-            proxy.drop_connections()  # and its answer never comes
+            await asyncio.wait_for(proxy.dropped.wait(), 30)  # the broker wrote it, answered
+            await proxy.cut()  # and its answer never comes: the connection drops
             proxy.muted = False
+            await proxy.mend()
             with pytest.raises(UNKNOWN_FATE):
                 await asyncio.wait_for(sending, 30)
-            await asyncio.sleep(2.0)  # when aiokafka would have sent it again
             await send_sealed(producer, [Outgoing(topic, b"k", b"after")])  # sends go on
         finally:
             await producer.stop()
-            await proxy.close()
-            await proxy.start()  # for the reader below
         out = await collect(settings, bootstrap, [topic], lambda c: False, 3)
         values = [r.value for r in out.records[topic]]
         assert values == [b"before", b"lost", b"after"]  # written once, in order
-        await proxy.close()
+        await proxy.cut()
 
 
 async def test_a_batch_left_unsealed_is_read_back_whole(tmp_path: Path) -> None:

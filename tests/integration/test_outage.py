@@ -36,13 +36,16 @@ LEDGER = str(Path(sys.executable).with_name("ledger"))
 
 
 class Proxy:
-    """127.0.0.1:port -> the broker; `cut()` drops everything until `mend()`."""
+    """127.0.0.1:port -> the broker; `cut()` drops everything until `mend()`; while
+    `muted`, the broker's answers are dropped on the way (`dropped` set when one was)."""
 
     def __init__(self, port: int, target: int) -> None:
         self.port = port
         self.target = target
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.muted = False
+        self.dropped = asyncio.Event()
 
     async def mend(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -64,14 +67,17 @@ class Proxy:
             return
         self.writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    if answers and self.muted:
+                        self.dropped.set()  # the broker answered: it had the request
+                        continue
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
         self.writers -= {writer, up_writer}
 
 
