@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -54,6 +55,7 @@ from projections.state import (
 )
 from workers.runtime import Processor, Table, make_table, send_all, write_tables
 
+log = logging.getLogger(__name__)
 REPLAY_LAG = timedelta(hours=1)
 CHECK_SLICE = 2000  # due states checked under the stream's lock at a time
 
@@ -167,7 +169,11 @@ class Projector:
     def _record(self, state: RequestState, state_json: bytes) -> bytes:
         """A request's changelog record: its JSON, with what the API's indexes read off
         it taken here, where the state is in hand (`projections.records`)."""
-        return request_record(state, state_json, self.policy, self.part_tag)
+        try:
+            return request_record(state, state_json, self.policy, self.part_tag)
+        except Exception:  # noqa: BLE001 - what the API reads of it is optional, the state not
+            log.exception("request %s: its record goes without its part", state.request_id)
+            return state_json  # the API takes the part from the state, as for an old record
 
     def _schedule(self, customer: bool, key: bytes, state: Any, after: datetime) -> None:
         """Index the state's next deadline after `after` (None: none until a new event)."""

@@ -174,3 +174,22 @@ def test_the_timer_checks_due_requests_from_their_facts_without_parsing(
     }
     assert want and {a["alert_id"] for a in written} == want
     assert len(projector.due) > 0  # and each rescheduled by its next deadline
+
+
+def test_a_request_whose_part_cannot_be_taken_is_written_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the projector writes beside a state for the API is optional: a state whose
+    part or assessment raised is written bare (the API then takes them from the state),
+    and the projector goes on; it must not stop on it."""
+    import workers.projector as projector_module
+
+    def broken(*_: Any) -> bytes:
+        raise ZeroDivisionError("a rule no state foresaw")
+
+    monkeypatch.setattr(projector_module, "request_record", broken)
+    projector = Projector(Settings(data_dir=tmp_path), producer=None)  # type: ignore[arg-type]
+    values = states()
+    changes = projector.requests.changes(values)
+    for change in changes:
+        assert change.value == values[change.key].model_dump_json().encode()
