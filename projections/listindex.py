@@ -25,7 +25,7 @@ import orjson
 from ledger.rules.calendar import BusinessCalendar, Unit
 from ledger.rules.policy import Policy
 from projections.metricsindex import policy_tag
-from projections.state import RequestState
+from projections.state import RequestState, with_field
 from projections.views import (
     Row,
     calendar_of,
@@ -71,8 +71,9 @@ def with_assessment(state_json: bytes, state: RequestState, policy: Policy, tag:
     which has the state in hand, so a pipeline's rows come from the index's entries
     without parsing a state back into objects (the whole list of 22 k open requests:
     seconds, and the GIL other requests wait on)."""
-    assessed = orjson.dumps([tag, *latest_assessment(state, policy)])
-    return b'{"' + ASSESSED_KEY.encode() + b'":' + assessed + b"," + state_json[1:]
+    return with_field(
+        state_json, ASSESSED_KEY, orjson.dumps([tag, *latest_assessment(state, policy)])
+    )
 
 
 def _assessed(s: dict[str, Any], tag: str) -> tuple[float | None, str | None] | None:
@@ -85,11 +86,6 @@ def _assessed(s: dict[str, Any], tag: str) -> tuple[float | None, str | None] | 
     if type(adjusted) not in (int, float) or type(recommendation) is not str:
         return None
     return float(adjusted), recommendation
-
-
-def entry_of_json(raw: bytes, policy: Policy, days: int, unit: Unit) -> Entry:
-    """A request's entry from its state's JSON (`RequestState.model_dump_json`)."""
-    return entry_of(orjson.loads(raw), policy, days, unit)
 
 
 def entry_of(

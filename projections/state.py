@@ -268,6 +268,13 @@ def history_length(raw: bytes) -> int | None:
     return None if at < 0 else raw.count(EVENT_ID, at)
 
 
+def with_field(state_json: bytes, name: str, value_json: bytes) -> bytes:
+    """A state's JSON with one more key first (`name`, holding `value_json`): what the
+    projector writes beside a request for the API (a state ignores keys it does not have,
+    and a request's history stays last)."""
+    return b'{"' + name.encode() + b'":' + value_json + b"," + state_json[1:]
+
+
 def request_json(state: RequestState, before: bytes | None, appended: Sequence[bytes]) -> bytes:
     """`state.model_dump_json()`, written without serializing again the events its stored
     JSON already holds: `before` is the stored JSON of the state that `appended` (the

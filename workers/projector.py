@@ -256,10 +256,9 @@ class Projector:
         when they hold as of now; else parsed."""
         table = self.customers if customer else self.requests
         state = table.kept(key)
-        if state is not None or customer:
-            return state if state is not None else table.get(key)
-        raw = table.stored(key)
-        if raw is not None:
+        if state is not None:
+            return state
+        if not customer and (raw := table.stored(key)) is not None:
             try:
                 facts = request_facts(orjson.loads(raw))
             except (KeyError, TypeError, ValueError, IndexError):
