@@ -149,18 +149,17 @@ class Table:
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             reader.assign(tps)
             await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)  # exact: every changelog write is sealed
-            remaining = {tp for tp in tps if ends[tp] > 0}
+            ends = await reader.end_offsets(tps)
             count = 0
-            while remaining:
-                batches = await reader.getmany(*remaining, timeout_ms=500, max_records=50_000)
-                for tp, records in batches.items():
-                    for record in records:
-                        count += 1
-                        if record.key is not None:
-                            latest[record.key] = (tp.partition, record.value)
-                    if records and records[-1].offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
+
+            def take(tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+                nonlocal count
+                count += len(records)
+                for record in records:
+                    if record.key is not None:
+                        latest[record.key] = (tp.partition, record.value)
+
+            await read_to_end(reader, ends, {tp for tp in tps if ends[tp] > 0}, take)
             for key, (partition, value) in latest.items():  # only each key's newest
                 if value is None:
                     self.data.pop(key, None)
@@ -403,7 +402,37 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 raise
 
 
-READ_MAX = 50_000  # records handed by one `getmany` of `read_since`
+READ_MAX = 50_000  # records handed by one `getmany` of `read_to_end`
+
+
+async def read_to_end(
+    reader: AIOKafkaConsumer,
+    ends: dict[TopicPartition, int],
+    remaining: set[TopicPartition],
+    take: Callable[[TopicPartition, list[ConsumerRecord[bytes, bytes]]], None],
+) -> None:
+    """Hand `take` every record of the `remaining` partitions (assigned and positioned)
+    up to their ends, updating `ends` to where they really end. Every writer of our
+    topics seals, so a reported end is exact, but for a writer killed between a sealed
+    send's two phases: Tansu then reports the end of the partition as its last batch's
+    first record + 1, yet a fetch returns that batch whole. Its records past the
+    reported end were written (a killed worker's last verdicts or state changes), so they
+    are read too: a partition is done once what was fetched with its end is all handed,
+    not when the first record at the end is (one `getmany` may hand part of a batch)."""
+    reached: set[TopicPartition] = set()  # at the reported end: what it fetched is left
+    remaining = set(remaining)
+    while remaining:
+        timeout = 0 if remaining <= reached else 500
+        batches = await reader.getmany(*remaining, timeout_ms=timeout, max_records=READ_MAX)
+        if sum(map(len, batches.values())) < READ_MAX:  # all it had fetched was handed
+            for tp in reached & remaining:
+                if not batches.get(tp):
+                    remaining.discard(tp)  # nothing more was fetched past the end
+        for tp, records in batches.items():
+            take(tp, records)
+            if records and records[-1].offset + 1 >= ends[tp]:
+                ends[tp] = records[-1].offset + 1
+                reached.add(tp)
 
 
 async def read_since(
@@ -414,12 +443,9 @@ async def read_since(
     ends_only: bool = False,
 ) -> tuple[list[ConsumerRecord[bytes, bytes]], dict[TopicPartition, int]]:
     """Every record of `topics` from `starts` (their ends where not given) to the end, and
-    the ends. `ends_only`: no records. Every writer of our topics seals, so a reported end
-    is exact, but for a writer killed between a sealed send's two phases: Tansu then
-    reports the end of the partition as its last batch's first record + 1, yet a fetch
-    returns that batch whole. Its records past the reported end were written (verdicts
-    of the killed worker's last batch, which must be recognised as judged, or they would
-    be recorded twice), so they are read too, and the end is where they end."""
+    the ends (`read_to_end`: a batch left unsealed is read whole, or a killed worker's
+    last verdicts would not be recognised as given, and be recorded twice). `ends_only`:
+    no records."""
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
         **settings.kafka_client_options(),
@@ -439,19 +465,7 @@ async def read_since(
             if ends[tp] > start and not ends_only:
                 remaining.add(tp)
         out: list[ConsumerRecord[bytes, bytes]] = []
-        reached: set[TopicPartition] = set()  # at the reported end: what it fetched is left
-        while remaining:
-            timeout = 0 if remaining <= reached else 500
-            batches = await reader.getmany(*remaining, timeout_ms=timeout, max_records=READ_MAX)
-            if sum(map(len, batches.values())) < READ_MAX:  # all it had fetched was handed
-                for tp in reached & remaining:
-                    if not batches.get(tp):
-                        remaining.discard(tp)  # nothing more was fetched past the end
-            for tp, records in batches.items():
-                out.extend(records)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    ends[tp] = records[-1].offset + 1
-                    reached.add(tp)
+        await read_to_end(reader, ends, remaining, lambda tp, records: out.extend(records))
         return out, dict(ends)
     finally:
         await reader.stop()
@@ -606,23 +620,23 @@ class RocksTable(JsonTable):
                 reader.seek(tp, start)
                 if ends[tp] > start:
                     remaining.add(tp)
-            while remaining:
-                batches = await reader.getmany(*remaining, timeout_ms=500, max_records=50_000)
-                for tp, records in batches.items():
-                    db = self._db(tp.partition)
-                    for record in records:
-                        count += 1
-                        if record.key is None:
-                            continue
-                        self.cache.pop(record.key, None)
-                        if record.value is None:
-                            db.delete(record.key)
-                        else:
-                            db[record.key] = record.value
-                    if records:
-                        db[OFFSET_KEY] = str(records[-1].offset).encode()
-                        if records[-1].offset + 1 >= ends[tp]:
-                            remaining.discard(tp)
+
+            def take(tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+                nonlocal count
+                count += len(records)
+                db = self._db(tp.partition)
+                for record in records:
+                    if record.key is None:
+                        continue
+                    self.cache.pop(record.key, None)
+                    if record.value is None:
+                        db.delete(record.key)
+                    else:
+                        db[record.key] = record.value
+                if records:
+                    db[OFFSET_KEY] = str(records[-1].offset).encode()
+
+            await read_to_end(reader, ends, remaining, take)
             return count
         finally:
             await reader.stop()

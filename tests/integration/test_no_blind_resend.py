@@ -12,6 +12,7 @@ ledger.events twice that way).
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,41 @@ async def test_a_batch_left_unsealed_is_read_back_whole(tmp_path: Path) -> None:
         records, ends = await read_since(settings, bootstrap, [topic], {tp: 1})
         assert [r.value for r in records] == [b"unsealed 0", b"unsealed 1", b"unsealed 2"]
         assert (await read_since(settings, bootstrap, [topic], {}, ends_only=True))[1][tp] >= 2
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+async def test_a_table_rebuilds_a_batch_left_unsealed_whole(tmp_path: Path, store: str) -> None:
+    """The same for a table's changelog, when the unsealed batch is bigger than one read
+    hands (`READ_MAX`): recovery stopped at the first record that reached the reported
+    end, and lost the state changes after it in that batch."""
+    from workers.runtime import READ_MAX, make_table
+
+    port = free_port()
+    with EmbeddedBroker(tmp_path / "tansu.log", port=port):
+        bootstrap = f"127.0.0.1:{port}"
+        settings = Settings(broker=bootstrap, data_dir=tmp_path / "data", store=store)
+        table = make_table(settings, "unsealed")
+        await ensure_topics(bootstrap, {table.topic: 3_600_000}, settings.partitions,
+                            settings.kafka_client_options())  # fmt: skip
+        partition = table.partition(b"k0")
+        named = (f"k{n}".encode() for n in itertools.count())
+        mine = (key for key in named if table.partition(key) == partition)
+        first, keys = next(mine), list(itertools.islice(mine, READ_MAX + 10_000))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, enable_idempotence=False,
+            max_batch_size=16 << 20, max_request_size=32 << 20,
+        )  # fmt: skip
+        await producer.start()
+        try:
+            await send_sealed(producer, [Outgoing(table.topic, first, b"0")])
+            batch = producer.create_batch()  # the first phase alone: the writer died then
+            for n, key in enumerate(keys):
+                assert batch.append(key=key, value=str(n).encode(), timestamp=None) is not None
+            batch.close()
+            await (await producer.send_batch(batch, table.topic, partition=partition))
+        finally:
+            await producer.stop()
+        read = await table.recover(settings, bootstrap, {partition})
+        assert read == len(keys) + 1
+        assert {key for _, key in table.owned_keys()} == {first, *keys}
+        assert table.get(keys[-1]) == len(keys) - 1
