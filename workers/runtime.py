@@ -282,6 +282,9 @@ class Processor:
         self.assigned: set[int] = set()
         self.consumer: AIOKafkaConsumer | None = None
         self.failure: BaseException | None = None  # a recovery on assignment that failed
+        # per assigned partition, the offset before which every record has been handled
+        # (its committed offset at assignment, then each batch's end once handled)
+        self.handled: dict[int, int] = {}
 
     async def caught_up(self) -> set[int]:
         """The assigned partitions whose every record has been handled (call under the
@@ -309,6 +312,9 @@ class Processor:
                     self.failure
                 )
             await self.handle(records)
+            handled = self.handled
+            for record in records:  # in order per partition: the last one wins
+                handled[record.partition] = record.offset + 1
 
     async def run(self, settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
         group = group_id(settings.topic_prefix, self.name)
@@ -383,6 +389,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             for table in self.processor.tables:
                 table.drop(gone)
             self.processor.assigned -= gone
+            for partition in gone:
+                self.processor.handled.pop(partition, None)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         member_id = member_id_of(self.consumer)
@@ -394,6 +402,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 for table in self.processor.tables:
                     table.drop(new)  # whatever was there is stale: rebuild from the changelog
                     await table.recover(self.settings, self.bootstrap, new)
+                for partition in new:
+                    committed = await self.consumer.committed(
+                        TopicPartition(self.processor.topic, partition)
+                    )
+                    self.processor.handled[partition] = committed or 0
                 self.processor.assigned |= new
                 if self.processor.on_assigned is not None and new:
                     await self.processor.on_assigned(new)

@@ -1,10 +1,19 @@
-"""The validator: inbox -> (screen) -> re-keyed by subject -> (admit) -> ledger.events.
+"""The validator: inbox -> (screen) -> [re-keyed by subject -> (admit)] -> ledger.events.
 
-Screening decodes and schema-checks each message once and re-keys it by its own
-subject (`r:<request>` / `c:<customer>`): the inbox key is only a hint. Admission runs
-the pure lifecycle rules of `ledger.rules.lifecycle` against a changelogged table keyed like
-its stream, writes each touched key once per batch, and recognises a redelivered
-message by its inbox position, so nothing is judged twice.
+Screening decodes and schema-checks each message once and finds its own subject
+(`r:<request>` / `c:<customer>`): the inbox key is only a hint. Admission runs the pure
+lifecycle rules of `ledger.rules.lifecycle` against a changelogged table keyed by
+subject, writes each touched key once per batch, and recognises a redelivered message by
+its inbox position, so nothing is judged twice.
+
+A subject's state belongs to whichever process the admission group gave its partition.
+Where that is this process, and admission has handled every message forwarded to that
+partition before, screening admits the message in the same step (`direct`); otherwise
+it forwards it re-keyed by subject, for admission to judge. One validator process owns
+every partition, so it forwards nothing after its first batches. Per subject and inbox
+partition, messages are still judged in inbox order (what `SubjectState.judged` relies
+on): a partition admits directly only once admission has handled everything forwarded to
+it, by this process or by the inbox partitions' earlier owners.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -151,16 +161,27 @@ class Validator:
         self.outputs: dict[TopicPartition, int] = {}  # lower bounds of the next verdicts
         self.grace_s = settings.reorder_grace_s
         self.holding: set[bytes] = set()  # subjects holding events, for the timer
+        self.forwarded: dict[int, int] = {}  # re-keyed partition -> past our last forward
+        self.backlog: dict[int, int] = {}  # re-keyed partition -> its end when we took inbox
         self.processors = [
-            Processor("validator-screen", self.topics.inbox, self.screen),
+            Processor(
+                "validator-screen", self.topics.inbox, self.screen,
+                on_assigned=self.screen_assigned,
+            ),
             Processor(
                 "validator-admit", self.topics.by_subject, self.admit_batch, [self.subjects],
                 on_assigned=self.complete_from_output,
             ),
         ]  # fmt: skip
 
-    # -- screen: decode once, re-key by subject ----------------------------------------
+    # -- screen: decode once, find the subject; admit here or forward -------------------
     def screened(self, record: Any) -> Outgoing:
+        """The message as forwarded to admission: re-keyed by its subject, with its
+        provenance and facts in headers (a refusal of screening, under a per-inbox-
+        partition subject, `x:<partition>`)."""
+        return self._screen(record)[0]
+
+    def _screen(self, record: Any) -> tuple[Outgoing, Fact | None]:
         value = record.value or b""
         headers = _provenance_headers(record)
         try:
@@ -173,36 +194,91 @@ class Validator:
             source = Provenance(record.key, record.partition, record.offset)
             refusal = rejection_record(value, _reasons(exc), source, _now())
             key = b"x:%d" % record.partition
-            return Outgoing(self.topics.by_subject, key, refusal, [*headers, (_REFUSED, b"1")])
-        return Outgoing(self.topics.by_subject, key, value, [*headers, _fact_header(fact)])
+            out = Outgoing(self.topics.by_subject, key, refusal, [*headers, (_REFUSED, b"1")])
+            return out, None
+        return Outgoing(self.topics.by_subject, key, value, [*headers, _fact_header(fact)]), fact
 
     async def screen(self, batch: list[Any]) -> None:
-        await send_all(self.producer, [self.screened(record) for record in batch])
+        screened = [self._screen(record) for record in batch]
+        admission = self.processors[1]
+        async with admission.lock:  # admission's partitions stay as they are meanwhile
+            ready = self.direct_partitions()
+            n = self.subjects.partitions
+            forward: list[Outgoing] = []
+            direct: list[tuple[Outgoing, Fact | None]] = []
+            for out, fact in screened:
+                if ready and partition_for(out.key, n) in ready:
+                    direct.append((out, fact))
+                else:
+                    forward.append(out)
+            for where in await send_all(self.producer, forward):
+                self.forwarded[where.partition] = max(
+                    self.forwarded.get(where.partition, 0), where.offset + 1
+                )
+            if direct:
+                await self.judge((o.key, o.value, o.headers, fact) for o, fact in direct)
+
+    def direct_partitions(self) -> set[int]:
+        """The admission partitions this process may admit to while screening (call
+        under admission's lock): those it owns whose every message forwarded before
+        (by this process, or by the earlier owners of its inbox partitions, up to
+        `backlog`) admission has handled."""
+        admission = self.processors[1]
+        if admission.failure is not None:
+            return set()  # its next batch stops the worker
+        handled = admission.handled
+        return {
+            p
+            for p in admission.assigned
+            if handled.get(p, -1) >= max(self.backlog.get(p, 0), self.forwarded.get(p, 0))
+        }
+
+    async def screen_assigned(self, partitions: set[int]) -> None:
+        """On taking over inbox partitions: where the re-keyed stream really ends (a
+        batch a killed screen left unsealed read whole), so no message of theirs is
+        admitted directly before those their earlier owners forwarded."""
+        topic = [self.topics.by_subject]
+        _, ends = await read_since(self.settings, self.bootstrap, topic, {}, ends_only=True)
+        last = {tp: end - 1 for tp, end in ends.items() if end > 0}
+        _, ends = await read_since(self.settings, self.bootstrap, topic, last)
+        for tp, end in ends.items():
+            self.backlog[tp.partition] = max(self.backlog.get(tp.partition, 0), end)
 
     # -- admit: the lifecycle rules, against the subject's state ------------------------
     def verdict(
         self, state: SubjectState, record: Any, found: dict[str, bytes], source: Provenance
     ) -> tuple[SubjectState, list[Outgoing]]:
         """The subject's next state and what to write: the event to the ledger (with any
-        held events it made admissible), a refusal, or a note that it is held. `found`
-        is the record's headers, `source` its inbox position."""
-        subject = record.key
-        headers = [(k, v) for k, v in record.headers or () if k != _FACT]
+        held events it made admissible), a refusal, or a note that it is held. `record`
+        is as forwarded (`screened`), `found` its headers, `source` its inbox position."""
+        return self._verdict(state, record.key, record.value, record.headers, found, source)
+
+    def _verdict(
+        self,
+        state: SubjectState,
+        subject: bytes,
+        value: bytes,
+        given: Any,
+        found: dict[str, bytes],
+        source: Provenance,
+        fact: Fact | None = None,
+    ) -> tuple[SubjectState, list[Outgoing]]:
+        headers = [(k, v) for k, v in given or () if k != _FACT]
         headers.append((_SUBJECT, subject))
         if found.get(_REFUSED):
-            return state, [Outgoing(self.topics.rejected, source.key, record.value, headers)]
+            return state, [Outgoing(self.topics.rejected, source.key, value, headers)]
         try:
-            fact = _fact_of(found, record.value)
-            verdict: SubjectState | Refusal | Exception = admit(state, fact)
+            facts = fact if fact is not None else _fact_of(found, value)
+            verdict: SubjectState | Refusal | Exception = admit(state, facts)
         except Exception as exc:  # noqa: BLE001 - every message gets a verdict
             verdict = exc
         if isinstance(verdict, SubjectState):
-            accepted = Outgoing(self.topics.events, fact.subject.encode(), record.value, headers)
+            accepted = Outgoing(self.topics.events, facts.subject.encode(), value, headers)
             return self.released(verdict, subject, [accepted])
         if isinstance(verdict, Refusal) and self.grace_s > 0 and may_hold(state, verdict):
-            occurred = orjson.loads(record.value)["occurred_at"]
+            occurred = orjson.loads(value)["occurred_at"]
             held = Held(
-                fact, _epoch(occurred), record.value.decode(), _text(source.key),
+                facts, _epoch(occurred), value.decode(), _text(source.key),
                 source.partition, source.offset, time.time(), verdict.code,
             )  # fmt: skip
             return hold(state, held), [self.held_note(subject, held)]
@@ -211,7 +287,7 @@ class Validator:
             if isinstance(verdict, Refusal)
             else _reasons(verdict)
         )
-        refusal = rejection_record(record.value, reasons, source, _now())
+        refusal = rejection_record(value, reasons, source, _now())
         return state, [Outgoing(self.topics.rejected, source.key, refusal, headers)]
 
     def released(
@@ -254,16 +330,20 @@ class Validator:
         return Outgoing(self.topics.held, key, orjson.dumps(note))
 
     async def admit_batch(self, batch: list[Any]) -> None:
+        await self.judge((r.key, r.value, r.headers, None) for r in batch)
+
+    async def judge(self, messages: Iterable[tuple[Any, Any, Any, Fact | None]]) -> None:
+        """Judge screened messages (subject, value, headers as screening made them, and
+        the facts where at hand), write the verdicts and then the states."""
         touched: dict[bytes, SubjectState] = {}
         out: list[Outgoing] = []
-        for record in batch:
-            key = record.key
+        for key, value, headers, fact in messages:
             state = touched.get(key) or self.subjects.get(key) or SubjectState()
-            found = dict(record.headers or ())
+            found = dict(headers or ())
             source = _provenance_of(found)
             if state.already_judged(source.partition, source.offset):
                 continue  # a redelivery after a restart or rebalance: judged before
-            state, outputs = self.verdict(state, record, found, source)
+            state, outputs = self._verdict(state, key, value, headers, found, source, fact)
             touched[key] = state.judging(source.partition, source.offset)
             out += outputs
         await self.write(touched, out)

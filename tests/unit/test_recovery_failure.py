@@ -6,6 +6,7 @@ exception, so the listener alone could not stop it."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -53,5 +54,8 @@ async def test_a_recovered_processor_handles_its_batches() -> None:
         handled.extend(records)
 
     processor = Processor("admit", "t.by-subject", handle)
-    await processor.handle_recovered(["r"])  # type: ignore[list-item]
-    assert handled == ["r"]
+    batch = [SimpleNamespace(partition=p, offset=o) for p, o in [(0, 4), (0, 5), (2, 9)]]
+    await processor.handle_recovered(batch)  # type: ignore[arg-type]
+    assert handled == batch
+    # what was handled, per partition (a screening step asks before admitting directly)
+    assert processor.handled == {0: 6, 2: 10}
