@@ -262,6 +262,13 @@ class RecoveryFailed(RuntimeError):
     """A processor's tables could not be rebuilt for partitions it was given."""
 
 
+class StartAfresh(RuntimeError):
+    """A send failed after part of a batch's outputs may have been written: redoing the
+    batch in place would write them again, so the processors stop and are started
+    afresh (tables rebuilt from their changelogs, what was written read back), as after
+    a restart. Its cause says why (a broker away: ridden out)."""
+
+
 class Processor:
     """One consumer group over one topic, handling `getmany` batches."""
 

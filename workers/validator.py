@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from events import InvalidEvent, decode
 from events.errors import FieldError
@@ -48,7 +49,14 @@ from ledger.rules.lifecycle import (
 )
 from ledger.rules.rejections import Provenance, rejection_record
 from workers.failpoints import failpoint
-from workers.runtime import Processor, Table, read_since, send_all, write_tables
+from workers.runtime import (
+    Processor,
+    StartAfresh,
+    Table,
+    read_since,
+    send_all,
+    write_tables,
+)
 
 log = logging.getLogger(__name__)
 _KEY, _PARTITION, _OFFSET = "ledger-inbox-key", "ledger-inbox-partition", "ledger-inbox-offset"
@@ -350,10 +358,17 @@ class Validator:
 
     async def write(self, states: dict[bytes, SubjectState], out: list[Outgoing]) -> None:
         # verdicts are acknowledged before the state records them; a crash in between is
-        # repaired on the next assignment by `complete_from_output`
-        self.advance(await send_all(self.producer, out))
-        failpoint("admit:verdicts-sent")
-        await write_tables(self.producer, [(self.subjects, {**states, **self.marks()})])
+        # repaired on the next assignment by `complete_from_output`. So is a send that
+        # fails in between (or half-way through the verdicts): the batch is not redone in
+        # place, against a state that does not know the verdicts already written
+        try:
+            self.advance(await send_all(self.producer, out))
+            failpoint("admit:verdicts-sent")
+            await write_tables(self.producer, [(self.subjects, {**states, **self.marks()})])
+        except KafkaError as exc:
+            if not out:
+                raise  # nothing judged was written: the batch can be redone
+            raise StartAfresh("verdicts may be written that no state records yet") from exc
         for key, state in states.items():
             if state.held:
                 self.holding.add(key)

@@ -20,7 +20,7 @@ from ledger.adapters.kafka import ensure_ledger_topics, ensure_topics, resend_on
 from ledger.adapters.process import configure_process
 from workers.dispatcher import Dispatcher
 from workers.projector import Projector
-from workers.runtime import Processor, RecoveryFailed, Table
+from workers.runtime import Processor, RecoveryFailed, StartAfresh, Table
 from workers.validator import Validator
 
 log = logging.getLogger("ledger.worker")
@@ -28,7 +28,7 @@ log = logging.getLogger("ledger.worker")
 
 def is_outage(exc: BaseException) -> bool:
     """A failure the broker's absence explains: ride it out rather than exit."""
-    if isinstance(exc, RecoveryFailed) and exc.__cause__ is not None:
+    if isinstance(exc, RecoveryFailed | StartAfresh) and exc.__cause__ is not None:
         return is_outage(exc.__cause__)  # the changelog could not be read: likewise
     if isinstance(exc, KafkaConnectionError | NodeNotReadyError | OSError | TimeoutError):
         return True

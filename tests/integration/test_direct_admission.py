@@ -164,3 +164,59 @@ async def test_validators_sharing_partitions_judge_each_message_once(
         event = orjson.loads(record.value)
         kinds.setdefault(event["data"]["request_id"], []).append(event["type"])
     assert kinds == dict.fromkeys(requests, ["intake", "score", "decision"])
+
+
+async def test_a_send_failing_after_verdicts_starts_afresh(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose verdicts were written but whose state write failed (a leader moving
+    for longer than the retries) must not be redone in place: its state does not know
+    the verdicts, which would be written again. The worker starts afresh instead (an
+    outage, ridden out), and a fresh start recognises them."""
+    from aiokafka.errors import NotLeaderForPartitionError
+
+    import workers.validator as module
+    from workers.runtime import StartAfresh
+    from workers.worker import is_outage
+
+    assert settings.broker is not None
+    bootstrap = settings.broker
+    topics = await ensure_ledger_topics(settings, bootstrap)
+    producer = resend_only_unwritten(
+        AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    )
+    await producer.start()
+    try:
+        everything = set(range(settings.partitions))
+        validator = Validator(settings, bootstrap, producer)
+        await ensure_topics(bootstrap, {validator.subjects.topic: -1}, settings.partitions,
+                            settings.kafka_client_options())  # fmt: skip
+        validator.processors[1].assigned = everything
+        await validator.complete_from_output(everything)  # as on assignment: its marks
+        history = [intake("R-5"), score("R-5")]
+        inbox = [
+            Record(topics.inbox, 1, offset, b"R-5", orjson.dumps(event))
+            for offset, event in enumerate(history)
+        ]
+        batch = [(o.key, o.value, o.headers, None) for o in map(validator.screened, inbox)]
+
+        async def leader_moving(*args: Any, **kwargs: Any) -> None:
+            raise NotLeaderForPartitionError()
+
+        monkeypatch.setattr(module, "write_tables", leader_moving)
+        with pytest.raises(StartAfresh) as failed:
+            await validator.judge(batch)
+        assert is_outage(failed.value)
+        monkeypatch.undo()
+        fresh = Validator(settings, bootstrap, producer)  # started afresh
+        await fresh.subjects.recover(settings, bootstrap, everything)
+        fresh.processors[1].assigned = everything
+        await fresh.complete_from_output(everything)
+        await fresh.judge(batch)  # the batch, redelivered
+        out = await collect(settings, bootstrap, [topics.events, topics.rejected],
+                            lambda c: False, 2)  # fmt: skip
+        ids = [orjson.loads(r.value)["event_id"] for r in out.records[topics.events]]
+        assert ids == [e["event_id"] for e in history], "each once"
+        assert out.records[topics.rejected] == []
+    finally:
+        await producer.stop()
