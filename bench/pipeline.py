@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 import urllib.error
@@ -59,6 +60,12 @@ def history(events: int, tag: str) -> list[tuple[bytes, bytes]]:
             }
             out.append((request.encode(), orjson.dumps(payload)))
     return out[:events]
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def folded(settings: Settings) -> int:
@@ -116,6 +123,8 @@ async def live(
         await wait_folded(settings, 3, 120)
         messages = history(events, "live")
         print(f"live: {len(messages):,} events into a warm worker")
+        processes = {f"worker {n}": w for n, w in enumerate(started_workers)} | {"API": api}
+        warm = {name: cpu_s(p.pid) for name, p in processes.items()}
         started = time.perf_counter()
         judging = asyncio.create_task(judged(settings, bootstrap, len(messages) + 3))
         published = await publish(settings, bootstrap, messages)
@@ -123,6 +132,12 @@ async def live(
         report("published", len(messages), started, published)
         report("judged (events + rejected)", len(messages), started, await judging)
         report("folded by every projection + API", len(messages), started, done)
+        # CPU per event of each process (the warm-up left out): steadier than the wall
+        # clock on a shared machine, whose speed moves within the hour
+        used = {name: cpu_s(p.pid) - warm[name] for name, p in processes.items()}
+        print("  CPU per event: " + ", ".join(
+            f"{name} {1e6 * cpu / len(messages):,.0f} us" for name, cpu in used.items()
+        ))  # fmt: skip
     finally:
         for worker in started_workers:
             stop_process(worker)

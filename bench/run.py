@@ -45,7 +45,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.digest import digest_of, first_difference
-from bench.pipeline import history, wait_folded
+from bench.pipeline import cpu_s, history, wait_folded
 from bench.queries import UNTIL, peak_rss_mb
 from events import decode, from_mapping
 from events.codec import subject_of
@@ -199,12 +199,6 @@ def quix_run(settings: Settings, topic: str, n: int, state_dir: Path) -> dict[st
         raise SystemExit(f"the Quix peer failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result: dict[str, Any] = orjson.loads(lines[-1])
     return result
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def versions() -> str:
