@@ -38,6 +38,7 @@ from projections import fold
 from projections.views import metrics, pipeline
 
 UNTIL = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+PAST = "2026-05-31T09:00:00Z"  # a month before the history's end, for `as_of`
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -128,6 +129,10 @@ async def run(settings: Settings, requests: int, clients: int) -> None:
             ("/customers/abuse?limit=100", 5),
             ("/metrics/decisions", 2),
             ("/pipeline", 3),
+            # as of a past instant: the index is of the newest states, so these refold
+            (f"/pipeline?limit=100&as_of={PAST}", 1),
+            (f"/overdue?limit=100&as_of={PAST}", 1),
+            (f"/metrics/decisions?as_of={PAST}", 1),
         ]
         print(f"  {clients} clients at once (and a probe of /health every 0.1 s meanwhile):")
         for path, each in routes:

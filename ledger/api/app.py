@@ -14,6 +14,7 @@ import csv
 import hmac
 import io
 import signal
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -368,6 +369,7 @@ def _held_key(r: dict[str, Any]) -> tuple[Any, ...]:
 HEAVY_AT_ONCE = 2
 SMALL_PAGE = 500  # states parsed at a time for a pipeline's rows (`pipeline_rows`)
 FEW_STATES = 100  # a pipeline's states parsed on the event loop; more, in a thread
+SHARED_RESULTS = 4  # the results of walks kept for the same question at the same version
 
 
 class Api:
@@ -381,6 +383,11 @@ class Api:
         # whole lists built on the event loop a slice at a time, as few at once: with ten,
         # each pass of the loop ran ten slices before /health's turn came
         self.whole = asyncio.Semaphore(HEAVY_AT_ONCE)
+        # a walk's result, shared by every request asking the same of the same states
+        # (`shared`): those in flight, and the last few that landed
+        self.flights: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        self.landed: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.walks_joined = 0  # requests answered by a walk another request had started
         messages.check(self.templates)  # a broken team template stops the API at start
 
     # -- parameters ----------------------------------------------------------------
@@ -402,10 +409,48 @@ class Api:
             return pinned
         return self.now() if raw is None else parse_instant(raw, "as_of")
 
-    async def walk(self, view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A view over every state: off the event loop, `HEAVY_AT_ONCE` at a time."""
-        async with self.heavy:
-            return await asyncio.to_thread(view, *args, **kwargs)
+    def shared(self, request: web.Request, route: str, *params: Any) -> tuple[Any, ...] | None:
+        """What a walk's result is shared under: the route, the instant and the view's
+        parameters, and the read model's version (any state changed: asked afresh). Only
+        as of an instant the request names (`as_of`, or a cursor's): as of now, the
+        instant moves and no two requests ask the same. Pages of one list, or analysts
+        asking the same month's end, then cost one walk, not one each."""
+        if "as_of" not in request.query and "cursor" not in request.query:
+            return None
+        return (route, self.as_of(request), *params, request.app[READ_MODEL].version)
+
+    async def walk(
+        self,
+        view: Callable[..., Any],
+        *args: Any,
+        shared: tuple[Any, ...] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A view over every state: off the event loop, `HEAVY_AT_ONCE` at a time; with
+        `shared`, one walk for every request asking it (in flight, or one of the last
+        `SHARED_RESULTS` landed). Its result is read, never changed, by those it serves."""
+        if shared is None:
+            async with self.heavy:
+                return await asyncio.to_thread(view, *args, **kwargs)
+        if shared in self.landed:
+            self.landed.move_to_end(shared)
+            return self.landed[shared]
+        flight = self.flights.get(shared)
+        if flight is None:
+            flight = asyncio.ensure_future(self.walk(view, *args, **kwargs))
+            self.flights[shared] = flight
+            flight.add_done_callback(lambda done: self._landed(shared, done))
+        else:
+            self.walks_joined += 1
+        return await asyncio.shield(flight)  # a request gone does not stop it for the rest
+
+    def _landed(self, shared: tuple[Any, ...], flight: asyncio.Future[Any]) -> None:
+        self.flights.pop(shared, None)
+        if flight.cancelled() or flight.exception() is not None:
+            return  # each waiting request has its error; the next asks afresh
+        self.landed[shared] = flight.result()
+        while len(self.landed) > SHARED_RESULTS:
+            self.landed.popitem(last=False)
 
     # -- routes --------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -461,15 +506,11 @@ class Api:
                 request, keys, PIPELINE_COLUMNS, _pipeline_key, as_of, build=rows_of,
                 gate=self.whole,
             )  # fmt: skip
+        owner, kind = q.get("owner"), q.get("kind")
         rows = await self.walk(
-            views.pipeline,
-            model.requests(),
-            as_of,
-            self.policy,
-            owner=q.get("owner"),
-            kind=q.get("kind"),
-            stage=stage,
-        )
+            views.pipeline, model.requests(), as_of, self.policy, owner=owner, kind=kind,
+            stage=stage, shared=self.shared(request, "pipeline", owner, kind, stage),
+        )  # fmt: skip
         return await _listing(request, rows, PIPELINE_COLUMNS, _pipeline_key, as_of)
 
     async def overdue(self, request: web.Request) -> web.StreamResponse:
@@ -497,14 +538,11 @@ class Api:
             return await _listing(
                 request, order, OVERDUE_COLUMNS, _overdue_key, as_of, build=rows_of
             )
+        days = days if days is not None else self.settings.overdue_days
         rows = await self.walk(
-            views.overdue,
-            model.requests(),
-            as_of,
-            self.policy,
-            days=days if days is not None else self.settings.overdue_days,
-            unit=self.settings.overdue_unit,
-        )
+            views.overdue, model.requests(), as_of, self.policy, days=days,
+            unit=self.settings.overdue_unit, shared=self.shared(request, "overdue", days),
+        )  # fmt: skip
         return await _listing(request, rows, OVERDUE_COLUMNS, _overdue_key, as_of)
 
     async def abuse(self, request: web.Request) -> web.StreamResponse:
@@ -516,7 +554,10 @@ class Api:
             flagged = raw == "true"
         model = request.app[READ_MODEL]
         as_of = self.as_of(request)
-        rows = await self.walk(views.abuse, model.customers(), as_of, self.policy, flagged)
+        rows = await self.walk(
+            views.abuse, model.customers(), as_of, self.policy, flagged,
+            shared=self.shared(request, "abuse", flagged),
+        )  # fmt: skip
         return await _listing(request, rows, ABUSE_COLUMNS, _abuse_key, as_of)
 
     async def report(self, request: web.Request) -> web.Response:
@@ -623,7 +664,10 @@ class Api:
         model = request.app[READ_MODEL]
         row = await model.metrics(as_of)
         if row is None:  # as of before the newest event: refold the requests known then
-            row = await self.walk(views.metrics, model.requests(), as_of, self.policy)
+            row = await self.walk(
+                views.metrics, model.requests(), as_of, self.policy,
+                shared=self.shared(request, "metrics"),
+            )  # fmt: skip
         if _wants_csv(request):
             return web.Response(text=to_csv([row]), content_type="text/csv")
         return _json(row)

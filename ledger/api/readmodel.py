@@ -190,6 +190,7 @@ class ReadModel:
             self.requests_topic: _Cache(RequestState, keep, *self._disks[:1]),
             self.customers_topic: _Cache(CustomerState, keep, *self._disks[1:]),
         }
+        self.version = 0  # counts the batches of state changes taken in
         self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by alert_id, oldest first
         self.deliveries: dict[str, dict[str, dict[str, Any]]] = {}  # alert_id -> url -> record
         self.held: dict[bytes, dict[str, Any]] = {}  # inbox position -> the held event
@@ -408,6 +409,7 @@ class ReadModel:
                 self.alerts.popitem(last=False)
             return
         cache = self._caches[topic]
+        self.version += 1  # a walk's result asked before is not this one's (`Api.shared`)
         for record in records:
             if record.key is None:
                 continue

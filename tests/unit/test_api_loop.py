@@ -159,3 +159,68 @@ async def test_whole_lists_are_built_a_few_at_a_time(monkeypatch: pytest.MonkeyP
     assert len(spans) == 10 and all(b - a >= 3 for a, b in spans)  # several slices each
     most = max(sum(a <= i < b for a, b in spans) for i in range(len(turns)))
     assert most == HEAVY_AT_ONCE
+
+
+def abuse_app(settings: Settings) -> tuple[Api, ReadModel, web.Application]:
+    api = Api(settings, Policy())
+    app = web.Application()
+    model = app[READ_MODEL] = ReadModel(settings, "127.0.0.1:1")
+    app[STREAM] = StreamWatch(settings, "127.0.0.1:1")
+    app.router.add_get("/customers/abuse", api.abuse)
+    return api, model, app
+
+
+async def test_a_walk_as_of_a_named_instant_is_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests asking the same view as of the same named instant of the same states share
+    one walk over every state: one in flight, or one that has landed; a state changed,
+    or a request as of now, walks afresh."""
+    import threading
+
+    walks: list[Any] = []
+    release = threading.Event()
+
+    def counted_abuse(customers: Any, as_of: Any, *_: Any) -> list[dict[str, Any]]:
+        walks.append(as_of)
+        release.wait(10)  # a walk over every state of a big ledger, still going
+        return [{"customer_id": f"c-{len(walks)}"}]
+
+    monkeypatch.setattr(views, "abuse", counted_abuse)
+    api, model, app = abuse_app(Settings(clock="2026-06-30T09:00:00+00:00"))
+    past = "/customers/abuse?as_of=2026-05-31T09:00:00Z"
+    async with TestClient(TestServer(app)) as client:
+        first = asyncio.create_task(client.get(past))
+        while not walks:  # the first walk has started
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(client.get(past))
+        while api.walks_joined < 1:  # the second request waits for the same walk
+            await asyncio.sleep(0.01)
+        release.set()
+        answers = [await (await task).json() for task in (first, second)]
+        assert answers == [[{"customer_id": "c-1"}]] * 2
+        assert await (await client.get(past)).json() == [{"customer_id": "c-1"}]  # landed
+        assert len(walks) == 1
+        other = await client.get("/customers/abuse?as_of=2026-04-30T09:00:00Z")
+        assert await other.json() == [{"customer_id": "c-2"}]  # another instant
+        model.version += 1  # a state changed since
+        assert await (await client.get(past)).json() == [{"customer_id": "c-3"}]
+        for _ in range(2):  # as of now: asked afresh each time
+            await client.get("/customers/abuse")
+        assert len(walks) == 5
+
+
+async def test_a_failed_shared_walk_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def failing_once(*_: Any) -> list[dict[str, Any]]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a walk that failed")
+        return []
+
+    monkeypatch.setattr(views, "abuse", failing_once)
+    api, _, app = abuse_app(Settings())
+    past = "/customers/abuse?as_of=2026-05-31T09:00:00Z"
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get(past)).status == 500
+        assert (await client.get(past)).status == 200
+        assert len(calls) == 2 and api.flights == {}
