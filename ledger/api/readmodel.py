@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -126,16 +126,21 @@ class _Walk:
     (`Api.walk`), so the event loop never parses a whole ledger. Every pass reads afresh;
     a key gone meanwhile is skipped."""
 
-    def __init__(self, cache: _Cache, keys: list[str]) -> None:
+    def __init__(
+        self, cache: _Cache, keys: list[str], skip: Callable[[str], bool] | None = None
+    ) -> None:
         self.cache = cache
         self.keys = keys
+        self.skip = skip  # keys not to parse: their states have nothing for the view
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __iter__(self) -> Iterator[Any]:
-        peek = self.cache.peek
+        peek, skip = self.cache.peek, self.skip
         for key in self.keys:
+            if skip is not None and skip(key):
+                continue
             state = peek(key)
             if state is not None:
                 yield state
@@ -262,6 +267,27 @@ class ReadModel:
     def requests(self) -> Iterable[RequestState]:
         """Every request, parsed as the walk reaches it: iterate it off the event loop."""
         return self._caches[self.requests_topic].all()
+
+    def requests_as_of(self, as_of: datetime, idle: Callable[[Entry], bool]) -> Iterable[Any]:
+        """The requests a view as of `as_of` (before the newest event) may need, parsed as
+        the walk reaches them: a request whose index entry shows its newest event at or
+        before `as_of` is then as it is now (`request_as_of` keeps such a state whole), so
+        when `idle` says its entry has nothing for the view, it is not parsed at all. As
+        of a month back, most requests were decided before then: a walk parses the rest."""
+        entries = self.index.entries if self.index_ok else {}
+        unindexed = self._unindexed  # their entries, if any, are of an older state
+
+        def skip(key: str) -> bool:
+            entry = entries.get(key)
+            return (
+                entry is not None
+                and entry.newest_at <= as_of
+                and key not in unindexed
+                and idle(entry)
+            )
+
+        cache = self._caches[self.requests_topic]
+        return _Walk(cache, cache.keys(), skip)
 
     def customers(self) -> Iterable[CustomerState]:
         """Every customer, parsed as the walk reaches it: iterate it off the event loop."""
