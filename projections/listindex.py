@@ -25,7 +25,7 @@ import orjson
 from ledger.rules.calendar import BusinessCalendar, Unit
 from ledger.rules.policy import Policy
 from projections.metricsindex import policy_tag
-from projections.state import RequestState, with_field
+from projections.state import RequestState, newest_of, with_field
 from projections.views import (
     Row,
     calendar_of,
@@ -97,11 +97,7 @@ def entry_of(
     status = s["status"]
     stage = "decided" if status == "decided" else "scored" if s["score"] is not None else "intake"
     started = datetime.fromisoformat(s["clock_started_at"])
-    history = s["history"]
-    newest = max(
-        datetime.fromisoformat(history[0]["occurred_at"]),
-        datetime.fromisoformat(history[-1]["occurred_at"]),
-    )  # in fold order: the intake first, the rest by occurred_at
+    newest = newest_of(s)
     cal = calendar_of(policy)
     decision_due = hold_due = None
     revisit_on = review_on = None

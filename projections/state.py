@@ -382,14 +382,20 @@ class RequestFacts:
     newest_at: datetime
 
 
-def request_facts(s: dict[str, Any]) -> RequestFacts:
-    """A request's facts from its state's JSON, parsed (`orjson.loads`); KeyError,
-    TypeError or ValueError if it is not a request state's JSON."""
-    history = s["history"]  # in fold order: the intake first, the rest by occurred_at
-    newest = max(
+def newest_of(s: dict[str, Any]) -> datetime:
+    """A request's newest event's instant, from its state's JSON (parsed): its history is
+    in fold order, the intake first and the rest by occurred_at."""
+    history = s["history"]
+    return max(
         datetime.fromisoformat(history[0]["occurred_at"]),
         datetime.fromisoformat(history[-1]["occurred_at"]),
     )
+
+
+def request_facts(s: dict[str, Any]) -> RequestFacts:
+    """A request's facts from its state's JSON, parsed (`orjson.loads`); KeyError,
+    TypeError or ValueError if it is not a request state's JSON."""
+    newest = newest_of(s)
     last = None
     if s["decisions"]:
         d = s["decisions"][-1]

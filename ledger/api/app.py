@@ -683,9 +683,8 @@ class Api:
         row = await model.metrics(as_of)
         if row is None:  # as of before the newest event: refold the requests known then
             row = await self.walk(
-                views.metrics, model.requests(), as_of, self.policy,
-                shared=self.shared(request, "metrics"),
-            )  # fmt: skip
+                model.metrics_as_of, as_of, self.policy, shared=self.shared(request, "metrics")
+            )
         if _wants_csv(request):
             return web.Response(text=to_csv([row]), content_type="text/csv")
         return _json(row)

@@ -26,9 +26,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ledger.adapters.config import Settings
 from ledger.adapters.topics import Topics
 from ledger.rules.policy import Policy
+from projections import views
 from projections.listindex import Entry, ListIndex
 from projections.metricsindex import Part, Totals, part_from, part_of, policy_tag
-from projections.state import CustomerState, RequestState, history_length
+from projections.state import CustomerState, RequestState, history_length, newest_of, request_as_of
 from workers.projector import table_names
 from workers.runtime import changelog_topic, rocks_options
 
@@ -205,7 +206,9 @@ class ReadModel:
         # the decision metrics, added up from each request's part as its state changes
         self.totals = Totals(policy or Policy())
         self._part_tag = policy_tag(self.totals.policy)
-        self._parts: dict[str, Part] = {}
+        # each request's part, with its newest event's instant (one value: a walk in a
+        # thread reads the pair in one step, `metrics_as_of`)
+        self._parts: dict[str, tuple[Part, datetime]] = {}
         self._unsummed: set[str] = set()  # requests changed since their part was taken
         # until the read model first reaches the changelogs' ends (`run`), requests are
         # indexed once each when it does, not at every record
@@ -248,21 +251,47 @@ class ReadModel:
             key = self._unsummed.pop()
             old = self._parts.pop(key, None)
             if old is not None:
-                self.totals.remove(old)
+                self.totals.remove(old[0])
             raw = cache.value(key)
             if raw is None:
                 continue
             try:
-                part = part_from(orjson.loads(raw), self._part_tag)  # as the projector took it
+                obj = orjson.loads(raw)
+                part = part_from(obj, self._part_tag)  # as the projector took it
                 if part is None:
                     state = cache.parsed.get(key) or RequestState.model_validate_json(raw)
                     part = part_of(state, self.totals.policy)
-            except ValueError:
+                newest = newest_of(obj)
+            except (ValueError, KeyError, TypeError, IndexError):
                 log.exception("request %s cannot be summed: metrics refold instead", key)
                 self.index_ok = False
                 return
-            self._parts[key] = part
+            self._parts[key] = (part, newest)
             self.totals.add(part)
+
+    def metrics_as_of(self, as_of: datetime, policy: Policy) -> dict[str, Any]:
+        """`views.metrics` over the requests as of `as_of`, an instant the totals do not
+        answer for (before the newest event): a request whose part is held with its
+        newest event at or before `as_of` was then as now, and its part is added as
+        held; only the others are parsed and refolded as of then. Off the event loop:
+        each part is read with its instant in one step, so never a newer part with an
+        older instant."""
+        if policy != self.totals.policy or not self.index_ok:
+            return views.metrics(self.requests(), as_of, policy)
+        totals = Totals(policy)
+        parts, unsummed = self._parts, self._unsummed
+        cache = self._caches[self.requests_topic]
+        keys = cache.keys()  # a snapshot: the stream goes on meanwhile
+        for key in keys:
+            held = parts.get(key)
+            if held is not None and held[1] <= as_of and key not in unsummed:
+                totals.add(held[0])
+                continue
+            state = cache.peek(key)
+            known = None if state is None else request_as_of(state, as_of)
+            if known is not None:
+                totals.add(part_of(known, policy))
+        return totals.row(as_of)
 
     def requests(self) -> Iterable[RequestState]:
         """Every request, parsed as the walk reaches it: iterate it off the event loop."""
@@ -462,7 +491,7 @@ class ReadModel:
         use, the state's to take later (`sum_parts`, which parses it)."""
         old = self._parts.pop(key, None)
         if old is not None:
-            self.totals.remove(old)
+            self.totals.remove(old[0])
         self._unsummed.discard(key)
         if state is None:
             return
@@ -470,7 +499,7 @@ class ReadModel:
         if part is None:
             self._unsummed.add(key)
             return
-        self._parts[key] = part
+        self._parts[key] = (part, newest_of(state))
         self.totals.add(part)
 
     async def _index_caught_up(self) -> None:

@@ -69,3 +69,25 @@ def test_the_overdue_list_as_of_a_past_instant_is_the_same(
     assert same(views.overdue(walked, as_of, Policy(), days=days)) == same(want)
     if back == 10:
         assert len(walked) < len(model.requests())  # the declined, say, left unparsed
+
+
+@pytest.mark.parametrize("back", [0, 3, 10, 30, 90, 400])
+def test_the_metrics_as_of_a_past_instant_are_the_same(model: ReadModel, back: int) -> None:
+    """Requests unchanged since the instant add their parts as held; the rest refold."""
+    as_of = UNTIL - timedelta(days=back)
+    want = views.metrics(model.requests(), as_of, Policy())
+    assert same(model.metrics_as_of(as_of, Policy())) == same(want)
+    assert want["decisions"] > 0 or back == 400
+
+
+def test_metrics_under_another_policy_are_refolded(model: ReadModel) -> None:
+    base = Policy().model_dump()
+    holidays = [f"2026-{m:02d}-{d:02d}" for m in range(1, 7) for d in (4, 5, 11, 12, 18)]
+    other = Policy.model_validate(  # parts of their own: other business days, other advice
+        {**base, "fair": {**base["fair"], "decline_below": 4.5},
+         "decisions": {**base["decisions"], "holidays": holidays}}
+    )  # fmt: skip
+    as_of = UNTIL - timedelta(days=10)
+    want = views.metrics(model.requests(), as_of, other)
+    assert want != views.metrics(model.requests(), as_of, Policy())  # the policy tells
+    assert same(model.metrics_as_of(as_of, other)) == same(want)
