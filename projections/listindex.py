@@ -62,6 +62,23 @@ class Entry:
                             started, as_of, cal, *self.assessed, opened=self.opened)  # fmt: skip
 
 
+def not_open(entry: Entry) -> bool:
+    """Nothing for the pipeline at any instant its state holds (`views.pipeline`: open
+    requests only)."""
+    return entry.stage == "decided"
+
+
+def never_due(entry: Entry) -> bool:
+    """Nothing for the overdue list at any instant, under any threshold: what
+    `views.overdue_reasons` checks, none there (an open request always has a deadline)."""
+    return (
+        entry.decision_due is None
+        and entry.hold_due is None
+        and entry.revisit_on is None
+        and entry.review_on is None
+    )
+
+
 ASSESSED_KEY = "latest_assessment"
 
 

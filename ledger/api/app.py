@@ -47,7 +47,7 @@ from ledger.rules.policy import Policy, load_policy
 from projections import messages, report_pages, views
 from projections import partners as partner_views
 from projections import report as report_figures
-from projections.listindex import Entry, ListIndex
+from projections.listindex import ListIndex, never_due, not_open
 from projections.state import request_as_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -341,22 +341,6 @@ async def _stream_json(
     return response
 
 
-def _not_open(entry: Entry) -> bool:
-    """Nothing for the pipeline (`views.pipeline`: open requests only)."""
-    return entry.stage == "decided"
-
-
-def _never_due(entry: Entry) -> bool:
-    """Nothing for the overdue list at any instant, under any threshold: what
-    `views.overdue_reasons` checks, none there (an open request always has a deadline)."""
-    return (
-        entry.decision_due is None
-        and entry.hold_due is None
-        and entry.revisit_on is None
-        and entry.review_on is None
-    )
-
-
 # each list's order (CONTRACT 5), as a key: a cursor continues after the last row's key
 def _pipeline_key(r: dict[str, Any]) -> tuple[Any, ...]:
     return (r["opened_at"], r["request_id"])
@@ -524,7 +508,7 @@ class Api:
             )  # fmt: skip
         owner, kind = q.get("owner"), q.get("kind")
         rows = await self.walk(
-            views.pipeline, model.requests_as_of(as_of, _not_open), as_of, self.policy,
+            views.pipeline, model.requests_as_of(as_of, not_open), as_of, self.policy,
             owner=owner, kind=kind,
             stage=stage, shared=self.shared(request, "pipeline", owner, kind, stage),
         )  # fmt: skip
@@ -557,7 +541,7 @@ class Api:
             )
         days = days if days is not None else self.settings.overdue_days
         rows = await self.walk(
-            views.overdue, model.requests_as_of(as_of, _never_due), as_of, self.policy,
+            views.overdue, model.requests_as_of(as_of, never_due), as_of, self.policy,
             days=days,
             unit=self.settings.overdue_unit, shared=self.shared(request, "overdue", days),
         )  # fmt: skip

@@ -262,7 +262,7 @@ class ReadModel:
                     state = cache.parsed.get(key) or RequestState.model_validate_json(raw)
                     part = part_of(state, self.totals.policy)
                 newest = newest_of(obj)
-            except (ValueError, KeyError, TypeError, IndexError):
+            except INDEX_ERRORS:
                 log.exception("request %s cannot be summed: metrics refold instead", key)
                 self.index_ok = False
                 return

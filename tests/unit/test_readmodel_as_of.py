@@ -12,11 +12,11 @@ import pytest
 
 from events import from_mapping
 from ledger.adapters.config import Settings
-from ledger.api.app import _never_due, _not_open
 from ledger.api.readmodel import ReadModel
 from ledger.entrypoints.history import generate
 from ledger.rules.policy import Policy
 from projections import fold, views
+from projections.listindex import never_due, not_open
 from projections.records import policy_tag, request_record
 
 UNTIL = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
@@ -47,7 +47,7 @@ def same(rows: Any) -> Any:
 @pytest.mark.parametrize("back", [0, 3, 10, 30, 90, 400])
 def test_the_pipeline_as_of_a_past_instant_is_the_same(model: ReadModel, back: int) -> None:
     as_of = UNTIL - timedelta(days=back)
-    walked = list(model.requests_as_of(as_of, _not_open))
+    walked = list(model.requests_as_of(as_of, not_open))
     want = views.pipeline(model.requests(), as_of, Policy())
     assert same(views.pipeline(walked, as_of, Policy())) == same(want)
     if back in (3, 10, 30):  # most had been decided and left alone by then
@@ -64,7 +64,7 @@ def test_the_overdue_list_as_of_a_past_instant_is_the_same(
     model: ReadModel, back: int, days: int
 ) -> None:
     as_of = UNTIL - timedelta(days=back)
-    walked = list(model.requests_as_of(as_of, _never_due))
+    walked = list(model.requests_as_of(as_of, never_due))
     want = views.overdue(model.requests(), as_of, Policy(), days=days)
     assert same(views.overdue(walked, as_of, Policy(), days=days)) == same(want)
     if back == 10:
