@@ -93,7 +93,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(settings: Settings, requests: int, clients: int) -> None:
+async def run(settings: Settings, requests: int, clients: int, only: str | None = None) -> None:
     assert settings.broker is not None
     events = generate(requests=requests, until=UNTIL, seed=42)
     print(f"{requests:,} requests = {len(events):,} events")
@@ -136,6 +136,8 @@ async def run(settings: Settings, requests: int, clients: int) -> None:
         ]
         print(f"  {clients} clients at once (and a probe of /health every 0.1 s meanwhile):")
         for path, each in routes:
+            if only is not None and path != only:
+                continue
             probe = asyncio.create_task(probe_health(base))
             times = await load(base, path, clients, each)
             probe.cancel()
@@ -158,6 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--only", help="ask only this route (one of the list, as written)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         port = free_port()
@@ -170,7 +173,7 @@ def main() -> None:
             api_url=f"http://127.0.0.1:{port}",
             clock=UNTIL.isoformat(),
         )
-        asyncio.run(run(settings, args.requests, args.clients))
+        asyncio.run(run(settings, args.requests, args.clients, args.only))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import orjson
 from ledger.rules.calendar import BusinessCalendar, Unit
 from ledger.rules.policy import Policy
 from projections.metricsindex import policy_tag
-from projections.state import RequestState, newest_of, with_field
+from projections.state import RequestState, newest_of, record_head, with_field
 from projections.views import (
     Row,
     calendar_of,
@@ -156,7 +156,7 @@ class ListIndex:
 
     def put(self, request_id: str, raw: bytes | None) -> None:
         """The request's new state (None: gone)."""
-        self.put_parsed(request_id, None if raw is None else orjson.loads(raw))
+        self.put_parsed(request_id, None if raw is None else record_head(raw))
 
     def put_parsed(self, request_id: str, state: dict[str, Any] | None) -> None:
         """`put`, of the state's JSON already parsed (`orjson.loads`)."""
@@ -173,7 +173,7 @@ class ListIndex:
 
     def entry(self, raw: bytes) -> Entry:
         """A request's entry from its state's JSON, under this index's rules."""
-        return self.entry_parsed(orjson.loads(raw))
+        return self.entry_parsed(record_head(raw))
 
     def entry_parsed(self, state: dict[str, Any]) -> Entry:
         """`entry`, of the state's JSON already parsed."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ledger.rules.policy import Policy
 from projections.listindex import with_assessment
 from projections.metricsindex import part_of, policy_tag, with_part
-from projections.state import RequestState
+from projections.state import RequestState, with_newest
 
 __all__ = ["policy_tag", "request_record"]
 
@@ -23,7 +23,8 @@ __all__ = ["policy_tag", "request_record"]
 def request_record(state: RequestState, state_json: bytes, policy: Policy, tag: str) -> bytes:
     """`state_json` (the state's JSON) with what the API's indexes read, under `tag`
     (`policy_tag(policy)`): the assessment only while the request is open (only the open
-    pipeline shows it)."""
+    pipeline shows it); its newest event's instant first, so the API parses only what
+    comes before the history (`projections.state.record_head`)."""
     if state.status == "open":
         state_json = with_assessment(state_json, state, policy, tag)
-    return with_part(state_json, part_of(state, policy), tag)
+    return with_newest(with_part(state_json, part_of(state, policy), tag), state)

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from uuid import UUID
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 from events.schema import (
@@ -382,9 +383,42 @@ class RequestFacts:
     newest_at: datetime
 
 
+NEWEST_KEY = "newest_event_at"  # a record's newest event's instant (`with_newest`)
+
+
+def newest_event_at(state: RequestState) -> datetime:
+    """Its newest event's instant: its history is in fold order, the intake first and the
+    rest by occurred_at."""
+    history = state.history
+    return max(history[0].occurred_at, history[-1].occurred_at)
+
+
+def with_newest(state_json: bytes, state: RequestState) -> bytes:
+    """A request state's JSON with its newest event's instant first, under `NEWEST_KEY`:
+    with it, what the indexes read of a record is all before its history (`record_head`)."""
+    return with_field(state_json, NEWEST_KEY, orjson.dumps(newest_event_at(state).isoformat()))
+
+
+def record_head(raw: bytes) -> dict[str, Any]:
+    """A request's record parsed (`orjson.loads`) for what the indexes and the alert timer
+    read of it: only what comes before its history (three fifths of its bytes, and most
+    of its objects) when the record carries its newest event's instant (`with_newest`),
+    else whole. The history is its last key, and nothing inside it reads as that key (a
+    quote inside a string is escaped). orjson.JSONDecodeError if it is not JSON."""
+    at = raw.rfind(HISTORY)
+    if at > 0 and raw.startswith(b'{"' + NEWEST_KEY.encode() + b'":'):
+        head = orjson.loads(raw[:at] + b"}")
+        if type(head.get(NEWEST_KEY)) is str:
+            return cast(dict[str, Any], head)
+    return cast(dict[str, Any], orjson.loads(raw))
+
+
 def newest_of(s: dict[str, Any]) -> datetime:
-    """A request's newest event's instant, from its state's JSON (parsed): its history is
-    in fold order, the intake first and the rest by occurred_at."""
+    """A request's newest event's instant, from its record (parsed): as the projector
+    wrote it (`with_newest`), else read off its history (see `newest_event_at`)."""
+    shipped = s.get(NEWEST_KEY)
+    if type(shipped) is str:
+        return datetime.fromisoformat(shipped)
     history = s["history"]
     return max(
         datetime.fromisoformat(history[0]["occurred_at"]),

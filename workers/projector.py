@@ -50,6 +50,7 @@ from projections.state import (
     RequestState,
     apply_customer,
     apply_request,
+    record_head,
     request_facts,
     request_json,
 )
@@ -260,7 +261,7 @@ class Projector:
             return state
         if not customer and (raw := table.stored(key)) is not None:
             try:
-                facts = request_facts(orjson.loads(raw))
+                facts = request_facts(record_head(raw))
             except (KeyError, TypeError, ValueError, IndexError):
                 facts = None  # not of this version's shape: parsed (and judged) whole
             if facts is not None and facts.newest_at <= now:

@@ -29,7 +29,14 @@ from ledger.rules.policy import Policy
 from projections import views
 from projections.listindex import Entry, ListIndex
 from projections.metricsindex import Part, Totals, part_from, part_of, policy_tag
-from projections.state import CustomerState, RequestState, history_length, newest_of, request_as_of
+from projections.state import (
+    CustomerState,
+    RequestState,
+    history_length,
+    newest_of,
+    record_head,
+    request_as_of,
+)
 from workers.projector import table_names
 from workers.runtime import changelog_topic, rocks_options
 
@@ -256,7 +263,7 @@ class ReadModel:
             if raw is None:
                 continue
             try:
-                obj = orjson.loads(raw)
+                obj = record_head(raw)
                 part = part_from(obj, self._part_tag)  # as the projector took it
                 if part is None:
                     state = cache.parsed.get(key) or RequestState.model_validate_json(raw)
@@ -477,7 +484,7 @@ class ReadModel:
                 self._unsummed.add(key)  # summed then too (or when asked before)
                 continue
             try:
-                state = None if record.value is None else orjson.loads(record.value)
+                state = None if record.value is None else record_head(record.value)
                 self._take_part(key, state)
                 if self.index_ok:
                     self.index.put_parsed(key, state)
@@ -514,7 +521,7 @@ class ReadModel:
             for key in pending[start : start + INDEX_SLICE]:
                 value = cache.value(key)
                 try:
-                    state = None if value is None else orjson.loads(value)
+                    state = None if value is None else record_head(value)
                     if key in self._unsummed:
                         self._take_part(key, state)
                     entries[key] = None if state is None else self.index.entry_parsed(state)

@@ -112,20 +112,23 @@ async def test_a_whole_list_is_written_in_chunks_and_is_the_same_json(
         assert set(walks) == {app_module.pipeline_rows} and len(walks) >= len(want) // 6
 
 
-async def test_whole_lists_are_built_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ten whole pipelines asked at once are built `HEAVY_AT_ONCE` at a time: with all ten
-    taking turns, every pass of the event loop ran ten slices before /health's turn."""
+class Record:
+    def __init__(self, key: bytes, value: bytes) -> None:
+        self.key, self.value, self.timestamp = key, value, 0
+
+
+def pipeline_app(requests: int = 200) -> tuple[Api, web.Application]:
+    """An API whose read model holds `requests` requests of generated history, as the
+    projector writes them, serving `/pipeline`."""
     from datetime import datetime
 
     from events import from_mapping
-    from ledger.api import app as app_module
     from ledger.entrypoints.history import generate
     from projections import fold
     from projections.records import policy_tag, request_record
 
-    monkeypatch.setattr(app_module, "ROW_SLICE", 5)
     until = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
-    folded = fold(from_mapping(e) for e in generate(requests=200, until=until))
+    folded = fold(from_mapping(e) for e in generate(requests=requests, until=until))
     settings = Settings(clock=until.isoformat())
     api = Api(settings, Policy())
     app = web.Application()
@@ -133,16 +136,21 @@ async def test_whole_lists_are_built_a_few_at_a_time(monkeypatch: pytest.MonkeyP
     app[STREAM] = StreamWatch(settings, "127.0.0.1:1")
     app.router.add_get("/pipeline", api.pipeline)
     tag = policy_tag(Policy())
-
-    class Record:
-        def __init__(self, key: bytes, value: bytes) -> None:
-            self.key, self.value, self.timestamp = key, value, 0
-
     records = [
         Record(k.encode(), request_record(s, s.model_dump_json().encode(), Policy(), tag))
         for k, s in folded.requests.items()
     ]
     model._apply(model.requests_topic, records)  # noqa: SLF001
+    return api, app
+
+
+async def test_whole_lists_are_built_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten whole pipelines asked at once are built `HEAVY_AT_ONCE` at a time (each holds
+    its rows until it is written)."""
+    from ledger.api import app as app_module
+
+    monkeypatch.setattr(app_module, "ROW_SLICE", 5)
+    _, app = pipeline_app()
     turns: list[object] = []  # which request built each slice, in order
     rows_of = app_module.pipeline_rows
 
@@ -159,6 +167,50 @@ async def test_whole_lists_are_built_a_few_at_a_time(monkeypatch: pytest.MonkeyP
     assert len(spans) == 10 and all(b - a >= 3 for a, b in spans)  # several slices each
     most = max(sum(a <= i < b for a, b in spans) for i in range(len(turns)))
     assert most == HEAVY_AT_ONCE
+
+
+async def test_long_answers_share_a_budget_per_pass_of_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ten whole pipelines at once, built a slice at a time and written a chunk at a
+    time: the steps of one pass of the event loop stop once they have taken its budget,
+    here none (so one step a pass), so a short request waits for the budget and one step,
+    not for one step of every list in progress."""
+    from ledger.api import app as app_module
+
+    monkeypatch.setattr(app_module, "PASS_BUDGET_S", 0.0)
+    monkeypatch.setattr(app_module, "ROW_SLICE", 5)
+    monkeypatch.setattr(app_module, "JSON_CHUNK", 7)
+    api, app = pipeline_app()
+    built = 0
+    rows_of = app_module.pipeline_rows
+
+    def counted(*args: Any) -> Any:
+        nonlocal built
+        built += 1
+        return rows_of(*args)
+
+    monkeypatch.setattr(app_module, "pipeline_rows", counted)
+    per_pass: list[int] = []  # steps taken between two passes of the probe
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        last = (built, api.turns.taken)
+        while not done.is_set():
+            await asyncio.sleep(0)  # one pass of the event loop
+            now = (built, api.turns.taken)
+            per_pass.append(max(now[0] - last[0], now[1] - last[1]))
+            last = now
+
+    async with TestClient(TestServer(app)) as client:
+        probing = asyncio.create_task(probe())
+        answers = await asyncio.gather(*[client.get("/pipeline") for _ in range(10)])
+        bodies = [await a.read() for a in answers]
+        done.set()
+        await probing
+    assert len(set(bodies)) == 1 and all(a.status == 200 for a in answers)
+    assert built >= 10 * 3 and api.turns.taken > built  # slices built, then chunks written
+    assert max(per_pass) == 1
 
 
 def abuse_app(settings: Settings) -> tuple[Api, ReadModel, web.Application]:

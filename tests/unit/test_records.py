@@ -1,0 +1,78 @@
+"""A request's changelog record (`projections.records`): what the API's indexes and the
+alert timer read of it is all before its history, which they no longer parse."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import orjson
+
+from events import from_mapping
+from ledger.entrypoints.history import generate
+from ledger.rules.policy import Policy
+from projections import Folded
+from projections.listindex import entry_of
+from projections.metricsindex import part_from, part_of, policy_tag
+from projections.records import request_record
+from projections.state import (
+    NEWEST_KEY,
+    RequestState,
+    newest_event_at,
+    newest_of,
+    record_head,
+    request_facts,
+)
+
+POLICY = Policy()
+TAG = policy_tag(POLICY)
+UNTIL = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
+
+
+def folded_states(**overrides: object) -> list[RequestState]:
+    folded = Folded()
+    for raw in generate(requests=300, until=UNTIL, seed=5):
+        if raw["type"] == "intake" and overrides:
+            raw = {**raw, "data": {**raw["data"], **overrides}}
+        folded.apply(from_mapping(raw))
+    return list(folded.requests.values())
+
+
+def test_the_head_of_a_record_reads_as_the_whole_record_does() -> None:
+    states = folded_states()
+    assert any(s.revisits for s in states) and any(s.status == "open" for s in states)
+    for state in states:
+        record = request_record(state, state.model_dump_json().encode(), POLICY, TAG)
+        whole = orjson.loads(record)
+        head = record_head(record)
+        assert "history" in whole and "history" not in head
+        assert len(record[: record.rfind(b',"history":[')]) < len(record)
+        assert newest_of(head) == newest_of(whole) == newest_event_at(state)
+        assert newest_of(head) == newest_of(orjson.loads(state.model_dump_json()))
+        assert entry_of(head, POLICY, 10, "calendar", TAG) == entry_of(
+            whole, POLICY, 10, "calendar", TAG
+        )
+        assert part_from(head, TAG) == part_of(state, POLICY)
+        assert request_facts(head) == request_facts(whole)
+        assert RequestState.model_validate_json(record) == state  # the state ignores it
+
+
+def test_a_record_without_its_newest_instant_is_read_whole() -> None:
+    """A state's bare JSON (an older projector's record) is parsed whole, history and all;
+    so is a record whose instant is not a string."""
+    state = folded_states()[0]
+    bare = state.model_dump_json().encode()
+    assert record_head(bare) == orjson.loads(bare)
+    odd = b'{"' + NEWEST_KEY.encode() + b'":5,' + bare[1:]
+    assert "history" in record_head(odd)
+
+
+def test_text_that_looks_like_the_history_key_is_not_taken_for_it() -> None:
+    """Inside a string every quote is escaped: a title spelling the history's key does not
+    cut the record there (the intake, title and all, is inside the history too)."""
+    title = 'a "history":[ of ,"history":['
+    states = folded_states(title=title)
+    for state in states[:20]:
+        record = request_record(state, state.model_dump_json().encode(), POLICY, TAG)
+        head = record_head(record)
+        assert head["intake"]["title"] == title and "history" not in head
+        assert entry_of(head, POLICY, 10, "calendar", TAG).title == title
