@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -66,26 +69,49 @@ async def load(api: str, path: str, clients: int, each: int) -> list[float]:
     return [t for r in results for t in r]
 
 
-PROBED: list[tuple[list[float], int]] = []
-
-
-async def probe_health(api: str) -> None:
-    """/health every 0.1 s until cancelled: its answer times and how many were not 200
-    (a starved event loop makes the API's broker check time out: /health says 503)."""
+async def probe_health(url: str) -> None:
+    """/health every 0.1 s until SIGTERM, then its answer times and how many were not 200
+    (a starved event loop makes the API's broker check time out: /health says 503) as
+    JSON on standard output. A process of its own: in the process whose event loop reads
+    the answers of the load, it timed that loop as much as the API's."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     times: list[float] = []
     not_ok = 0
-    try:
-        async with aiohttp.ClientSession() as session:
-            while True:
-                started = time.perf_counter()
-                async with session.get(api + "/health") as response:
-                    await response.read()
-                    not_ok += response.status != 200
-                times.append(time.perf_counter() - started)
-                await asyncio.sleep(0.1)
-    except asyncio.CancelledError:
-        PROBED.append((times, not_ok))
-        raise
+    async with aiohttp.ClientSession() as session:
+        print("probing", flush=True)
+        while not stop.is_set():
+            started = time.perf_counter()
+            async with session.get(url) as response:
+                await response.read()
+                not_ok += response.status != 200
+            times.append(time.perf_counter() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+    sys.stdout.write(orjson.dumps([times, not_ok]).decode() + "\n")
+
+
+class Probe:
+    """`probe_health` in another process, for as long as the `async with` lasts."""
+
+    def __init__(self, api: str) -> None:
+        self.url = api + "/health"
+        self.times: list[float] = []
+        self.not_ok = 0
+
+    async def __aenter__(self) -> Probe:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.queries", "--probe", self.url,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        await self.process.stdout.readline()  # probing
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = await self.process.communicate()
+        self.times, self.not_ok = orjson.loads(out)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -138,11 +164,9 @@ async def run(settings: Settings, requests: int, clients: int, only: str | None 
         for path, each in routes:
             if only is not None and path != only:
                 continue
-            probe = asyncio.create_task(probe_health(base))
-            times = await load(base, path, clients, each)
-            probe.cancel()
-            await asyncio.gather(probe, return_exceptions=True)
-            probed, not_ok = PROBED.pop()
+            async with Probe(base) as probe:
+                times = await load(base, path, clients, each)
+            probed, not_ok = probe.times, probe.not_ok
             print(
                 f"    {path:<34} p50 {statistics.median(times) * 1000:9.1f} ms"
                 f"  p99 {percentile(times, 0.99) * 1000:9.1f} ms  ({len(times)} requests);"
@@ -161,7 +185,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--only", help="ask only this route (one of the list, as written)")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # a URL: be `probe_health`
     args = parser.parse_args()
+    if args.probe:
+        asyncio.run(probe_health(args.probe))
+        return
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         port = free_port()
         settings = Settings(

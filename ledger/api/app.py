@@ -14,9 +14,8 @@ import csv
 import hmac
 import io
 import signal
-import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
 from itertools import dropwhile, islice
@@ -161,49 +160,6 @@ def _limit(request: web.Request, cursor: dict[str, Any] | None) -> int | None:
     return limit
 
 
-PASS_BUDGET_S = 0.002  # the time steps of long answers take in one pass of the event loop
-
-
-class Turns:
-    """The steps of long answers (a whole list built a slice at a time, then written a
-    chunk at a time) sharing a budget per pass of the event loop (`PASS_BUDGET_S`): once
-    the steps of a pass have taken it, the next step, whichever answer's, waits for the
-    next pass. Each answer let the loop go between its steps already, but every answer in
-    progress took a step in each pass, so a short request (`/health`) waited for one step
-    of each: ten whole lists at once, 10-14 ms. Now it waits for the budget and one step.
-    A step holds no write to a client (a slow reader would hold up the other answers)."""
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self._spent: float | None = None  # by the steps of this pass (None: none yet)
-        self.taken = 0  # steps taken so far
-
-    @contextlib.asynccontextmanager
-    async def step(self) -> AsyncIterator[None]:
-        async with self._lock:  # the next steps wait here while a pass's budget is spent
-            self.taken += 1
-            started = time.perf_counter()
-            try:
-                yield
-            finally:
-                spent = self._charge(time.perf_counter() - started)
-            if spent >= PASS_BUDGET_S:
-                await asyncio.sleep(0)  # spent: every next step waits for the next pass
-                return
-        await asyncio.sleep(0)  # this answer's next step, in the next pass
-
-    def _charge(self, seconds: float) -> float:
-        """What the steps of this pass have taken, this one's `seconds` with them."""
-        if self._spent is None:  # the pass's first step (or one that spanned passes)
-            self._spent = 0.0
-            asyncio.get_running_loop().call_soon(self._next_pass)
-        self._spent += seconds
-        return self._spent
-
-    def _next_pass(self) -> None:
-        self._spent = None
-
-
 class Rows(Protocol):
     """A list's rows in order, and how many: a list, or one made as it is read."""
 
@@ -220,8 +176,6 @@ async def _listing(
     newest_first: bool = False,
     build: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]] | None = None,
     gate: asyncio.Semaphore | None = None,
-    *,
-    turns: Turns,
 ) -> web.StreamResponse:
     """A list, whole (a JSON array, as before) or one page of it: with `limit` (and then
     `cursor`), `{items, total, next_cursor, as_of}`. Rows are in `key` order (descending
@@ -265,8 +219,8 @@ async def _listing(
         async with gate or contextlib.nullcontext():
             keys = iter(page)
             while chunk := list(islice(keys, ROW_SLICE)):
-                async with turns.step():
-                    built += await build(chunk)
+                built += await build(chunk)
+                await asyncio.sleep(0)
         page = built
     elif build is not None:
         page = await build(list(page))
@@ -274,9 +228,9 @@ async def _listing(
             paged["items"] = page
     page = page if isinstance(page, list) else list(page)
     if _wants_csv(request):
-        return await _stream_csv(request, page, columns, headers, turns)
+        return await _stream_csv(request, page, columns, headers)
     if paged is None and len(page) > JSON_CHUNK:
-        return await _stream_json(request, page, headers, turns)
+        return await _stream_json(request, page, headers)
     return _json(paged if paged is not None else page, headers=headers)
 
 
@@ -355,26 +309,22 @@ def _tuple(value: Any) -> tuple[Any, ...]:
 
 
 async def _stream_csv(
-    request: web.Request,
-    rows: list[dict[str, Any]],
-    columns: list[str],
-    headers: dict[str, str],
-    turns: Turns,
+    request: web.Request, rows: list[dict[str, Any]], columns: list[str], headers: dict[str, str]
 ) -> web.StreamResponse:
-    """CSV written in chunks, each made in a step of `turns`."""
+    """CSV written in chunks, the event loop free for other requests between them."""
     response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8", **headers})
     await response.prepare(request)
     await response.write(to_csv([], columns).encode())
     for start in range(0, len(rows), CSV_CHUNK):
-        async with turns.step():
-            chunk = to_csv(rows[start : start + CSV_CHUNK], columns).split("\n", 1)[1]
+        chunk = to_csv(rows[start : start + CSV_CHUNK], columns).split("\n", 1)[1]
         await response.write(chunk.encode())
+        await asyncio.sleep(0)
     await response.write_eof()
     return response
 
 
 async def _stream_json(
-    request: web.Request, rows: list[dict[str, Any]], headers: dict[str, str], turns: Turns
+    request: web.Request, rows: list[dict[str, Any]], headers: dict[str, str]
 ) -> web.StreamResponse:
     """A whole list as a JSON array written in chunks of `JSON_CHUNK` rows, the event loop
     free for other requests between them (22 k pipeline rows are 6.5 MB of JSON: encoded
@@ -382,10 +332,10 @@ async def _stream_json(
     response = web.StreamResponse(headers={"Content-Type": "application/json", **headers})
     await response.prepare(request)
     for start in range(0, len(rows), JSON_CHUNK):
-        async with turns.step():
-            chunk = orjson.dumps(rows[start : start + JSON_CHUNK])
+        chunk = orjson.dumps(rows[start : start + JSON_CHUNK])
         opening = b"[" if start == 0 else b","
         await response.write(opening + chunk[1:-1])
+        await asyncio.sleep(0)
     await response.write(b"]")
     await response.write_eof()
     return response
@@ -433,7 +383,6 @@ class Api:
         # whole lists built on the event loop a slice at a time, as few at once: with ten,
         # each pass of the loop ran ten slices before /health's turn came
         self.whole = asyncio.Semaphore(HEAVY_AT_ONCE)
-        self.turns = Turns()  # and their steps, and those of writing long lists, take turns
         # a walk's result, shared by every request asking the same of the same states
         # (`shared`): those in flight, and the last few that landed
         self.flights: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
@@ -555,7 +504,7 @@ class Api:
 
             return await _listing(
                 request, keys, PIPELINE_COLUMNS, _pipeline_key, as_of, build=rows_of,
-                gate=self.whole, turns=self.turns,
+                gate=self.whole,
             )  # fmt: skip
         owner, kind = q.get("owner"), q.get("kind")
         rows = await self.walk(
@@ -563,9 +512,7 @@ class Api:
             owner=owner, kind=kind,
             stage=stage, shared=self.shared(request, "pipeline", owner, kind, stage),
         )  # fmt: skip
-        return await _listing(
-            request, rows, PIPELINE_COLUMNS, _pipeline_key, as_of, turns=self.turns
-        )
+        return await _listing(request, rows, PIPELINE_COLUMNS, _pipeline_key, as_of)
 
     async def overdue(self, request: web.Request) -> web.StreamResponse:
         days = None
@@ -590,13 +537,7 @@ class Api:
                 return [index.overdue_row(r["_at"]) for r in page]
 
             return await _listing(
-                request,
-                order,
-                OVERDUE_COLUMNS,
-                _overdue_key,
-                as_of,
-                build=rows_of,
-                turns=self.turns,
+                request, order, OVERDUE_COLUMNS, _overdue_key, as_of, build=rows_of
             )
         days = days if days is not None else self.settings.overdue_days
         rows = await self.walk(
@@ -604,7 +545,7 @@ class Api:
             days=days,
             unit=self.settings.overdue_unit, shared=self.shared(request, "overdue", days),
         )  # fmt: skip
-        return await _listing(request, rows, OVERDUE_COLUMNS, _overdue_key, as_of, turns=self.turns)
+        return await _listing(request, rows, OVERDUE_COLUMNS, _overdue_key, as_of)
 
     async def abuse(self, request: web.Request) -> web.StreamResponse:
         raw = request.query.get("flagged")
@@ -619,7 +560,7 @@ class Api:
             views.abuse, model.customers(), as_of, self.policy, flagged,
             shared=self.shared(request, "abuse", flagged),
         )  # fmt: skip
-        return await _listing(request, rows, ABUSE_COLUMNS, _abuse_key, as_of, turns=self.turns)
+        return await _listing(request, rows, ABUSE_COLUMNS, _abuse_key, as_of)
 
     async def report(self, request: web.Request) -> web.Response:
         month = request.query.get("month")
@@ -659,7 +600,7 @@ class Api:
             partner_views.partners, model.requests(), model.customers(), as_of, self.policy,
             at_risk,
         )  # fmt: skip
-        return await _listing(request, rows, PARTNER_COLUMNS, _partner_key, as_of, turns=self.turns)
+        return await _listing(request, rows, PARTNER_COLUMNS, _partner_key, as_of)
 
     async def partner(self, request: web.Request) -> web.Response:
         partner_id = request.match_info["partner_id"]
@@ -740,9 +681,7 @@ class Api:
         if "kind" in request.query:
             rows = [r for r in rows if r["kind"] == request.query["kind"]]
         columns = ["alert_id", "kind", "subject_id", "raised_at", "details", "deliveries"]
-        return await _listing(
-            request, rows, columns, _alert_key, as_of, newest_first=True, turns=self.turns
-        )
+        return await _listing(request, rows, columns, _alert_key, as_of, newest_first=True)
 
     async def held(self, request: web.Request) -> web.StreamResponse:
         """Events held for an earlier event of their subject, oldest first, with their age."""
@@ -765,7 +704,7 @@ class Api:
                 }
             )
         rows.sort(key=_held_key)
-        return await _listing(request, rows, HELD_COLUMNS, _held_key, now, turns=self.turns)
+        return await _listing(request, rows, HELD_COLUMNS, _held_key, now)
 
     async def post_events(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -169,50 +169,6 @@ async def test_whole_lists_are_built_a_few_at_a_time(monkeypatch: pytest.MonkeyP
     assert most == HEAVY_AT_ONCE
 
 
-async def test_long_answers_share_a_budget_per_pass_of_the_loop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Ten whole pipelines at once, built a slice at a time and written a chunk at a
-    time: the steps of one pass of the event loop stop once they have taken its budget,
-    here none (so one step a pass), so a short request waits for the budget and one step,
-    not for one step of every list in progress."""
-    from ledger.api import app as app_module
-
-    monkeypatch.setattr(app_module, "PASS_BUDGET_S", 0.0)
-    monkeypatch.setattr(app_module, "ROW_SLICE", 5)
-    monkeypatch.setattr(app_module, "JSON_CHUNK", 7)
-    api, app = pipeline_app()
-    built = 0
-    rows_of = app_module.pipeline_rows
-
-    def counted(*args: Any) -> Any:
-        nonlocal built
-        built += 1
-        return rows_of(*args)
-
-    monkeypatch.setattr(app_module, "pipeline_rows", counted)
-    per_pass: list[int] = []  # steps taken between two passes of the probe
-    done = asyncio.Event()
-
-    async def probe() -> None:
-        last = (built, api.turns.taken)
-        while not done.is_set():
-            await asyncio.sleep(0)  # one pass of the event loop
-            now = (built, api.turns.taken)
-            per_pass.append(max(now[0] - last[0], now[1] - last[1]))
-            last = now
-
-    async with TestClient(TestServer(app)) as client:
-        probing = asyncio.create_task(probe())
-        answers = await asyncio.gather(*[client.get("/pipeline") for _ in range(10)])
-        bodies = [await a.read() for a in answers]
-        done.set()
-        await probing
-    assert len(set(bodies)) == 1 and all(a.status == 200 for a in answers)
-    assert built >= 10 * 3 and api.turns.taken > built  # slices built, then chunks written
-    assert max(per_pass) == 1
-
-
 def abuse_app(settings: Settings) -> tuple[Api, ReadModel, web.Application]:
     api = Api(settings, Policy())
     app = web.Application()
