@@ -441,6 +441,24 @@ def test_offsets_are_kept_and_first_contact_is_optional() -> None:
     assert event.data.first_contact_at is None  # type: ignore[union-attr]
 
 
+def test_instants_carry_a_stdlib_zone_however_many_offsets_senders_make_up() -> None:
+    """Each instant keeps its offset in a `datetime.timezone` (one kept per offset met),
+    and a sender spelling more offsets than any clock has cannot grow what is kept."""
+    from datetime import timezone
+
+    from events import schema
+
+    offsets = [(sign, hours, minutes) for sign in "+-" for hours in range(24)
+               for minutes in range(60)]  # fmt: skip
+    assert len(offsets) > schema.MAX_ZONES
+    for sign, hours, minutes in offsets:
+        at = f"2026-03-02T09:15:00{sign}{hours:02}:{minutes:02}"
+        event = decode(orjson.dumps(intake("R", at=at)))
+        assert type(event.occurred_at.tzinfo) is timezone
+        assert event.occurred_at.isoformat() == at.replace("-00:00", "+00:00")
+    assert len(schema._ZONES) <= schema.MAX_ZONES  # noqa: SLF001
+
+
 def test_json_schema_covers_every_type() -> None:
     schema = json_schema()
     text = orjson.dumps(schema).decode()
