@@ -31,8 +31,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from bench.pipeline import cpu_s, history, wait_folded
 from bench.pipeline import folded as events_folded
-from bench.pipeline import history, wait_folded
 from bench.queries import UNTIL, peak_rss_mb
 from events import from_mapping
 from events.codec import subject_of
@@ -73,11 +73,12 @@ async def run(settings: Settings, requests: int) -> None:
     try:
         await wait_folded(settings, n, 3600)
         took = time.perf_counter() - started
+        cpu = f"CPU projector {cpu_s(projector.pid):.1f} s, API {cpu_s(api.pid):.1f} s"
         asked = time.perf_counter()
         ok = await same_metrics(settings, want)
         first = time.perf_counter() - asked
-        print(f"  replay to the read model: {took:.1f} s ({n / took:,.0f} events/s); metrics "
-              f"{'=' if ok else '≠'} the fold's (the first /metrics/decisions took "
+        print(f"  replay to the read model: {took:.1f} s ({n / took:,.0f} events/s; {cpu});"
+              f" metrics {'=' if ok else '≠'} the fold's (the first /metrics/decisions took "
               f"{first * 1000:,.0f} ms); peak RSS projector "
               f"{peak_rss_mb(projector.pid):,.0f} MB, API "
               f"{peak_rss_mb(api.pid):,.0f} MB")  # fmt: skip
