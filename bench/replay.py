@@ -1,6 +1,6 @@
 """Replay and cold start (issue 11, targets 2 and 5), on embedded Tansu.
 
-    python -m bench.replay [--requests 100000] [--store memory|rocksdb]
+    python -m bench.replay [--requests 100000] [--store memory|rocksdb] [--projectors 1]
 
 `--requests` requests of generated history are written straight to `ledger.events` (as
 the validator records them: keyed by subject), so nothing but the projection works:
@@ -53,7 +53,7 @@ async def same_metrics(settings: Settings, want: object) -> bool:
         return bool(orjson.loads(await r.read()) == want)
 
 
-async def run(settings: Settings, requests: int) -> None:
+async def run(settings: Settings, requests: int, projectors: int = 1) -> None:
     assert settings.broker is not None
     raw = generate(requests=requests, until=UNTIL, seed=42)
     records = [(subject_of(from_mapping(e)).encode(), orjson.dumps(e)) for e in raw]
@@ -68,12 +68,18 @@ async def run(settings: Settings, requests: int) -> None:
     projector_settings = settings.model_copy(update={"worker_role": "projector"})
     started = time.perf_counter()
     projector = start_worker(projector_settings, settings.broker)
+    others = [  # more projectors in the group, each with its share of the partitions
+        start_worker(projector_settings.model_copy(
+            update={"data_dir": settings.data_dir / f"projector-{n}"}), settings.broker)
+        for n in range(1, projectors)
+    ]  # fmt: skip
     api = start_api(settings, settings.broker)
     second = None
     try:
         await wait_folded(settings, n, 3600)
         took = time.perf_counter() - started
-        cpu = f"CPU projector {cpu_s(projector.pid):.1f} s, API {cpu_s(api.pid):.1f} s"
+        each = "+".join(f"{cpu_s(p.pid):.1f}" for p in (projector, *others))
+        cpu = f"CPU projector {each} s, API {cpu_s(api.pid):.1f} s"
         asked = time.perf_counter()
         ok = await same_metrics(settings, want)
         first = time.perf_counter() - asked
@@ -108,7 +114,7 @@ async def run(settings: Settings, requests: int) -> None:
                 f"{took:.1f} s (API holds {await asyncio.to_thread(events_folded, settings):,})"
             )
     finally:
-        for process in (projector, api, second):
+        for process in (projector, *others, api, second):
             if process is not None:
                 stop_process(process)
 
@@ -117,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--store", choices=("memory", "rocksdb"), default="memory")
+    parser.add_argument("--projectors", type=int, default=1, help="projector processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         port = free_port()
@@ -130,7 +137,7 @@ def main() -> None:
             clock=UNTIL.isoformat(),
             store=args.store,
         )
-        asyncio.run(run(settings, args.requests))
+        asyncio.run(run(settings, args.requests, args.projectors))
 
 
 if __name__ == "__main__":
