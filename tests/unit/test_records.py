@@ -17,6 +17,7 @@ from projections.records import request_record
 from projections.state import (
     NEWEST_KEY,
     RequestState,
+    head_json,
     newest_event_at,
     newest_of,
     record_head,
@@ -76,3 +77,21 @@ def test_text_that_looks_like_the_history_key_is_not_taken_for_it() -> None:
         head = record_head(record)
         assert head["intake"]["title"] == title and "history" not in head
         assert entry_of(head, POLICY, 10, "calendar", TAG).title == title
+
+
+def test_a_head_written_by_orjson_is_pydantics_byte_for_byte() -> None:
+    """What the projector writes of a state before its history (`head_json`) is the JSON
+    pydantic writes of it, over generated states and text, numbers and instants of every
+    kind a state holds."""
+    odd = {
+        "title": 'é "quoted" \n tab\t \u0001 \u2028 \\ end',
+        "description": "x" * 300,
+        "value_estimate": 1e-05,
+        "icp_overlap_pct": 33.333333333333336,
+        "first_contact_at": "2026-03-01T09:15:00.000001+05:30",
+        "asks": ["mdf", "pilot"],
+    }
+    states = folded_states() + folded_states(**odd) + folded_states(value_estimate=1e20)
+    assert any(s.decisions and s.decisions[-1].review_on for s in states)
+    for state in states:
+        assert head_json(state) == state.model_dump_json(exclude={"history"}).encode()
