@@ -12,7 +12,6 @@ state, and the views refold it (`projections.views`, which these answers equal).
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -21,6 +20,7 @@ from itertools import groupby, islice
 from typing import Any, NamedTuple
 
 import orjson
+from sortedcontainers import SortedList
 
 from ledger.rules.calendar import BusinessCalendar, Unit
 from ledger.rules.policy import Policy
@@ -79,6 +79,7 @@ def never_due(entry: Entry) -> bool:
     )
 
 
+Sorted = Any  # a `SortedList` of (key, request_id) tuples (the library has no types)
 ASSESSED_KEY = "latest_assessment"
 
 
@@ -147,11 +148,14 @@ class ListIndex:
         self.days = days
         self.unit = unit
         self.entries: dict[str, Entry] = {}
-        self.open: list[tuple[str, str]] = []  # (opened, request_id): the pipeline's order
-        self.decision_due: list[tuple[datetime, str]] = []
-        self.hold_due: list[tuple[datetime, str]] = []
-        self.revisit_on: list[tuple[date, str]] = []
-        self.review_on: list[tuple[date, str]] = []
+        # sorted lists of (key, request_id), each kept in order as entries change: a
+        # SortedList adds and removes in O(log n) (a list's insort moved every later item:
+        # a fifth of the API's CPU at 1 M events)
+        self.open: Sorted = SortedList()  # (opened, request_id): the pipeline's order
+        self.decision_due: Sorted = SortedList()  # (datetime, request_id)
+        self.hold_due: Sorted = SortedList()
+        self.revisit_on: Sorted = SortedList()  # (date, request_id)
+        self.review_on: Sorted = SortedList()
         self.newest_at: datetime | None = None
 
     def put(self, request_id: str, raw: bytes | None) -> None:
@@ -167,7 +171,7 @@ class ListIndex:
             return
         entry = entry_of(state, self.policy, self.days, self.unit, self.tag)
         self.entries[request_id] = entry
-        self._lists(entry, insort)
+        self._lists(entry, SortedList.add)
         if self.newest_at is None or entry.newest_at > self.newest_at:
             self.newest_at = entry.newest_at
 
@@ -187,16 +191,17 @@ class ListIndex:
             old = self.entries.pop(request_id, None)
             if old is not None:
                 self._lists(old, _remove)
+        added: dict[int, list[Any]] = {}  # by list, its new items: each list updated once
         for request_id, entry in entries.items():
             if entry is None:
                 continue
             self.entries[request_id] = entry
-            self._lists(entry, list.append)
+            self._lists(entry, lambda items, item: added.setdefault(id(items), []).append(item))
             if self.newest_at is None or entry.newest_at > self.newest_at:
                 self.newest_at = entry.newest_at
         for items in (self.open, self.decision_due, self.hold_due, self.revisit_on,
                       self.review_on):  # fmt: skip
-            items.sort()
+            items.update(added.get(id(items), ()))
 
     def _lists(self, e: Entry, act: Any) -> None:
         if e.stage != "decided":
@@ -241,7 +246,7 @@ class ListIndex:
         day = (as_of.date(), "")
         return sum(
             _count_before(items, as_of) for items in (self.decision_due, self.hold_due)
-        ) + sum(bisect_left(days, day) for days in (self.revisit_on, self.review_on))
+        ) + sum(int(days.bisect_left(day)) for days in (self.revisit_on, self.review_on))
 
     def iter_overdue(self, as_of: datetime) -> Iterator[Overdue]:
         """The overdue list in its order, lazily: most overdue first, then by request and
@@ -251,15 +256,15 @@ class ListIndex:
         rows costs about k (plus the ties at the k-th), not the whole list."""
         cal = calendar_of(self.policy)
 
-        def due(reason: str, items: list[tuple[datetime, str]]) -> Iterator[Overdue]:
+        def due(reason: str, items: Sorted) -> Iterator[Overdue]:
             # strictly after the deadline: a prefix of the list sorted by deadline
             for at, request_id in islice(items, _count_before(items, as_of)):
                 if as_of > at:
                     over = days_over(cal, at, as_of, self.unit)
                     yield Overdue(-over, request_id, reason, at)
 
-        def dated(reason: str, days: list[tuple[date, str]]) -> Iterator[Overdue]:
-            for day, request_id in islice(days, bisect_left(days, (as_of.date(), ""))):
+        def dated(reason: str, days: Sorted) -> Iterator[Overdue]:
+            for day, request_id in islice(days, days.bisect_left((as_of.date(), ""))):
                 for _, since, over in past_date(reason, day, as_of):
                     yield Overdue(-over, request_id, reason, since)
 
@@ -293,12 +298,10 @@ def _ties_sorted(stream: Iterator[Overdue]) -> Iterator[Overdue]:
         yield from sorted(ties)
 
 
-def _count_before(items: list[tuple[datetime, str]], as_of: datetime) -> int:
+def _count_before(items: Sorted, as_of: datetime) -> int:
     """How many entries fall due before `as_of` (every request id sorts after "")."""
-    return bisect_left(items, (as_of, ""))
+    return int(items.bisect_left((as_of, "")))
 
 
-def _remove(items: list[Any], item: Any) -> None:
-    i = bisect_left(items, item)
-    if i < len(items) and items[i] == item:
-        del items[i]
+def _remove(items: Sorted, item: Any) -> None:
+    items.discard(item)
