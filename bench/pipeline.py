@@ -42,18 +42,22 @@ from ledger.entrypoints.runner import start_api, start_stages, start_worker, sto
 
 
 def history(events: int, tag: str) -> list[tuple[bytes, bytes]]:
-    """Intake, score and decision per request: every event is valid and folds."""
+    """Intake, score and decision per request, a minute apart: every event is valid and
+    folds in the order it comes. (At one instant, a decision whose random event id sorted
+    before its score's folded before it: half the requests were refolded and written
+    whole, which a CRM's clock does not do.)"""
     out: list[tuple[bytes, bytes]] = []
     for i in range(events // 3 + 1):
         request = f"B{tag}{i}"
-        base = {"schema_version": 1, "source": "bench", "occurred_at": "2026-03-02T09:00:00Z"}
-        for kind, data in (
+        base = {"schema_version": 1, "source": "bench"}
+        for minute, (kind, data) in enumerate((
             ("intake", {"kind": "vendor_support", "title": "t", "owner": "o"}),
             ("score", {"fit": 4, "advantage": 4, "integrity": 4, "readiness": 4}),
             ("decision", {"outcome": "decline", "rationale": "r"}),
-        ):
+        )):  # fmt: skip
             payload = {
                 **base,
+                "occurred_at": f"2026-03-02T09:0{minute}:00Z",
                 "event_id": str(uuid.uuid4()),
                 "type": kind,
                 "data": {"request_id": request, **data},
