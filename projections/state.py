@@ -12,6 +12,7 @@ reads them back (`model_validate_json`); their instants carry a stdlib `timezone
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -400,6 +401,7 @@ class RequestFacts:
 
 
 NEWEST_KEY = "newest_event_at"  # a record's newest event's instant (`with_newest`)
+_NEWEST_FIRST = b'{"' + NEWEST_KEY.encode() + b'":'
 
 
 def newest_event_at(state: RequestState) -> datetime:
@@ -417,15 +419,17 @@ def with_newest(state_json: bytes, state: RequestState) -> bytes:
 
 def record_head(raw: bytes) -> dict[str, Any]:
     """A request's record parsed (`orjson.loads`) for what the indexes and the alert timer
-    read of it: only what comes before its history (three fifths of its bytes, and most
-    of its objects) when the record carries its newest event's instant (`with_newest`),
-    else whole. The history is its last key, and nothing inside it reads as that key (a
-    quote inside a string is escaped). orjson.JSONDecodeError if it is not JSON."""
+    read of it: only what comes before its history (over half of its bytes, and most of
+    its objects) when the record carries its newest event's instant (`with_newest`),
+    else whole. The history is a state's last key, and nothing inside it reads as that
+    key (a quote inside a string is escaped); JSON of another shape is parsed whole.
+    orjson.JSONDecodeError if it is not JSON."""
     at = raw.rfind(HISTORY)
-    if at > 0 and raw.startswith(b'{"' + NEWEST_KEY.encode() + b'":'):
-        head = orjson.loads(raw[:at] + b"}")
-        if type(head.get(NEWEST_KEY)) is str:
-            return cast(dict[str, Any], head)
+    if at > 0 and raw.startswith(_NEWEST_FIRST):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            head = orjson.loads(raw[:at] + b"}")
+            if type(head.get(NEWEST_KEY)) is str:
+                return cast(dict[str, Any], head)
     return cast(dict[str, Any], orjson.loads(raw))
 
 

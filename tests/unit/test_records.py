@@ -65,6 +65,13 @@ def test_a_record_without_its_newest_instant_is_read_whole() -> None:
     assert record_head(bare) == orjson.loads(bare)
     odd = b'{"' + NEWEST_KEY.encode() + b'":5,' + bare[1:]
     assert "history" in record_head(odd)
+    # the last `,"history":[` nested inside another key: cut there, not JSON; read whole
+    nested = (
+        b'{"'
+        + NEWEST_KEY.encode()
+        + b'":"2026-01-01T00:00:00+00:00","x":{"y":1,"history":[1]},"z":2}'
+    )
+    assert record_head(nested) == orjson.loads(nested)
 
 
 def test_text_that_looks_like_the_history_key_is_not_taken_for_it() -> None:
