@@ -19,6 +19,13 @@ from ledger.rules.policy import Policy
 from projections import views
 
 
+class Record:
+    """A changelog record as the read model reads one."""
+
+    def __init__(self, key: bytes, value: bytes) -> None:
+        self.key, self.value, self.timestamp = key, value, 0
+
+
 async def test_health_answers_while_heavy_views_run(monkeypatch: pytest.MonkeyPatch) -> None:
     def slow_abuse(*_: Any) -> list[dict[str, Any]]:
         time.sleep(1.0)  # a walk over every state of a big ledger
@@ -76,10 +83,6 @@ async def test_a_whole_list_is_written_in_chunks_and_is_the_same_json(
     app[STREAM] = StreamWatch(settings, "127.0.0.1:1")
     app.router.add_get("/pipeline", api.pipeline)
 
-    class Record:
-        def __init__(self, key: bytes, value: bytes) -> None:
-            self.key, self.value, self.timestamp = key, value, 0
-
     tag = policy_tag(Policy())
 
     def record(state: Any) -> bytes:
@@ -110,11 +113,6 @@ async def test_a_whole_list_is_written_in_chunks_and_is_the_same_json(
         assert walks == []  # every row read off the index on the event loop
     else:  # each slice of states parsed in a thread
         assert set(walks) == {app_module.pipeline_rows} and len(walks) >= len(want) // 6
-
-
-class Record:
-    def __init__(self, key: bytes, value: bytes) -> None:
-        self.key, self.value, self.timestamp = key, value, 0
 
 
 def pipeline_app(requests: int = 200) -> tuple[Api, web.Application]:
