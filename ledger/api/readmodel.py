@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -74,6 +74,13 @@ class _Cache:
     def value(self, key: str) -> bytes | None:
         """A state's JSON (None: none)."""
         return self.raw.get(key) if key in self.events else None
+
+    def values(self, keys: list[str]) -> list[bytes | None]:
+        """`value` of each key, read together: a RocksDB reads many at once (a second
+        API indexing 320 k requests read them one by one: a sixth of its start)."""
+        many = getattr(self.raw, "get_many", None)
+        got = many(keys) if many is not None else [self.raw.get(key) for key in keys]
+        return [v if key in self.events else None for key, v in zip(keys, got, strict=True)]
 
     def put(self, key: str, value: bytes | None) -> None:
         self.parsed.pop(key, None)
@@ -175,6 +182,10 @@ class _OnDisk:
     def get(self, key: str) -> bytes | None:
         value: bytes | None = self.db.get(key)
         return value
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        many: list[str | int | float | bytes | bool] = list(keys)
+        return cast(list[bytes | None], self.db.get(many))  # one multi-get
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self.db[key] = value
@@ -518,8 +529,8 @@ class ReadModel:
         entries: dict[str, Entry | None] = {}
         pending = list(self._unindexed)
         for start in range(0, len(pending), INDEX_SLICE):
-            for key in pending[start : start + INDEX_SLICE]:
-                value = cache.value(key)
+            keys = pending[start : start + INDEX_SLICE]
+            for key, value in zip(keys, cache.values(keys), strict=True):
                 try:
                     state = None if value is None else record_head(value)
                     if key in self._unsummed:

@@ -89,7 +89,10 @@ def test_the_api_keeps_only_the_most_recently_asked_states_parsed() -> None:
     assert list(parsed)[-1] == list(folded.requests)[-1]  # the last asked is kept
 
 
-async def test_catching_up_indexes_each_request_once_at_its_newest() -> None:
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+async def test_catching_up_indexes_each_request_once_at_its_newest(
+    store: str, tmp_path: Path
+) -> None:
     """A read model catching up (a second API, a restart) reads a changelog record per
     event a request folded: it indexes each request once, when it reaches the end, and the
     lists are the ones indexing every record one by one would have built."""
@@ -114,7 +117,7 @@ async def test_catching_up_indexes_each_request_once_at_its_newest() -> None:
     one_by_one = ReadModel(Settings(), "127.0.0.1:1")
     one_by_one._apply(one_by_one.requests_topic, records)  # noqa: SLF001
 
-    catching_up = ReadModel(Settings(), "127.0.0.1:1")
+    catching_up = ReadModel(Settings(store=store, data_dir=tmp_path), "127.0.0.1:1")
     catching_up._catching_up = True  # noqa: SLF001 - as `run` starts
     read: list[dict[str, object]] = []
     entry = catching_up.index.entry_parsed
@@ -140,6 +143,8 @@ async def test_catching_up_indexes_each_request_once_at_its_newest() -> None:
     # caught up, a record is indexed as it comes
     catching_up._apply(catching_up.requests_topic, [Record(records[1].key, None)])  # noqa: SLF001
     assert records[1].key.decode() not in a.entries  # type: ignore[union-attr]
+    for disk in catching_up._disks:  # noqa: SLF001 - as `run` does when it stops
+        disk.close()
 
 
 def test_a_long_pipeline_is_built_in_slices_without_keeping_its_states(
