@@ -25,6 +25,7 @@ from projections.state import (
     RequestState,
     apply_customer,
     apply_request,
+    newest_event_at,
     request_as_of,
 )
 from projections.views import calendar_of, customer_pattern, overdue_reasons
@@ -123,8 +124,8 @@ def next_check(
     candidates: list[datetime] = []
     if isinstance(state, RequestFacts):
         _not_before(state, after)
-    elif max((history := state.history)[0].occurred_at, history[-1].occurred_at) > after:
-        candidates = [e.occurred_at for e in history if e.occurred_at > after]
+    elif newest_event_at(state) > after:
+        candidates = [e.occurred_at for e in state.history if e.occurred_at > after]
         view = request_as_of(state, after)
     if view is not None:
         cal = calendar_of(policy)

@@ -359,7 +359,7 @@ def _order(record: EscalationRecord) -> tuple[datetime, str]:
 
 def request_as_of(state: RequestState, instant: datetime) -> RequestState | None:
     """The request as the ledger knew it at `instant`: its events up to then, refolded."""
-    if all(e.occurred_at <= instant for e in state.history):
+    if newest_event_at(state) <= instant:
         return state
     refolded: RequestState | None = None
     for event in state.history:
