@@ -109,6 +109,17 @@ def report(label: str, n: int, started: float, at: float) -> None:
     print(f"  {label:<34} {took:6.2f} s  {n / took:>9,.0f} events/s")
 
 
+def more_projectors(settings: Settings, bootstrap: str, n: int) -> list[Any]:
+    """`n` more projector processes in the projector's group (each with its own data
+    directory), each taking its share of ledger.events' partitions."""
+    projector = settings.model_copy(update={"worker_role": "projector"})
+    return [
+        start_worker(projector.model_copy(update={
+            "data_dir": settings.data_dir / f"projector-{i}"}), bootstrap)
+        for i in range(1, n + 1)
+    ]  # fmt: skip
+
+
 def start_workers(
     settings: Settings, bootstrap: str, log: Path, workers: int, layout: str
 ) -> list[Any]:

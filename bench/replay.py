@@ -31,7 +31,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from bench.pipeline import cpu_s, history, wait_folded
+from bench.pipeline import cpu_s, history, more_projectors, wait_folded
 from bench.pipeline import folded as events_folded
 from bench.queries import UNTIL, peak_rss_mb
 from events import from_mapping
@@ -68,11 +68,7 @@ async def run(settings: Settings, requests: int, projectors: int = 1) -> None:
     projector_settings = settings.model_copy(update={"worker_role": "projector"})
     started = time.perf_counter()
     projector = start_worker(projector_settings, settings.broker)
-    others = [  # more projectors in the group, each with its share of the partitions
-        start_worker(projector_settings.model_copy(
-            update={"data_dir": settings.data_dir / f"projector-{n}"}), settings.broker)
-        for n in range(1, projectors)
-    ]  # fmt: skip
+    others = more_projectors(settings, settings.broker, projectors - 1)
     api = start_api(settings, settings.broker)
     second = None
     try:

@@ -43,9 +43,10 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.digest import digest_of, first_difference
-from bench.pipeline import cpu_s, history, wait_folded
+from bench.pipeline import cpu_s, history, more_projectors, wait_folded
 from bench.queries import UNTIL, peak_rss_mb
 from events import decode, from_mapping
 from events.codec import subject_of
@@ -59,7 +60,7 @@ from ledger.rules.policy import Policy
 from projections import Folded, fold
 from projections.views import metrics, pipeline
 from workers.projector import table_names
-from workers.runtime import changelog_topic
+from workers.runtime import changelog_topic, group_id
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIX_PYTHON = ROOT / ".venv-quix" / "bin" / "python"
@@ -138,12 +139,15 @@ async def ledger_run(
     messages: list[tuple[bytes, bytes]],
     want_figures: tuple[Any, int],
     want: dict[str, bytes],
+    projectors: int = 1,
 ) -> dict[str, Any]:
     """Warm (a few events all the way through), then the clock: publish, fold."""
     assert settings.broker is not None
     validator, projector = start_stages(settings, settings.broker)
+    others = more_projectors(settings, settings.broker, projectors - 1)
     api = start_api(settings, settings.broker)
     try:
+        await wait_members(settings, group_id(settings.topic_prefix, "projector"), projectors)
         async with Publisher(settings, settings.broker) as publisher:
             await publisher.send_raw(publisher.topics.inbox, warm)
             await wait_folded(settings, len(warm), 120)
@@ -163,24 +167,47 @@ async def ledger_run(
                 total = orjson.loads(await r.read())["total"]
         want_metrics, want_total = want_figures
         return {
+            "projectors": projectors,
             "seconds": took,
             "digest_ok": got == digest_of(want),
             "difference": None if got == digest_of(want) else first_difference(newest, want),
             "metrics_ok": api_metrics == want_metrics and total == want_total,
             "cpu": {
                 "validator": cpu_s(validator.pid),
-                "projector": cpu_s(projector.pid),
+                ("projector" if not others else "projectors together"): sum(
+                    cpu_s(p.pid) for p in (projector, *others)
+                ),
                 "API": cpu_s(api.pid),
             },
             "rss": {
                 "validator": peak_rss_mb(validator.pid),
-                "projector": peak_rss_mb(projector.pid),
+                ("projector" if not others else "the largest projector"): max(
+                    peak_rss_mb(p.pid) for p in (projector, *others)
+                ),
                 "API": peak_rss_mb(api.pid),
             },
         }
     finally:
-        for process in (validator, projector, api):
+        for process in (validator, projector, *others, api):
             stop_process(process)
+
+
+async def wait_members(settings: Settings, group: str, members: int, timeout: float = 60) -> None:
+    """Until `group` is stable with `members` members, each with partitions (a member
+    joining later would rebalance the group inside the clock)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    await admin.start()
+    try:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            [described] = await admin.describe_consumer_groups([group])
+            [(_, _, state, *_, found)] = described.groups
+            if state == "Stable" and len(found) == members:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{group} did not settle with {members} members")
+    finally:
+        await admin.close()
 
 
 def quix_run(settings: Settings, topic: str, n: int, state_dir: Path) -> dict[str, Any]:
@@ -240,6 +267,8 @@ def table(n_requests: int, n: int, results: dict[str, Any]) -> str:
     flushed = quix["flushed"] - quix["first"]
     cpu = ", ".join(f"{k} {v:,.1f} s" for k, v in ours["cpu"].items())
     rss = ", ".join(f"{k} {v:,.0f} MB" for k, v in ours["rss"].items())
+    projectors = ours["projectors"]
+    processes = "a projector process" if projectors == 1 else f"{projectors} projector processes"
     lines = [
         BEGIN,
         f"Last `make bench`: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; {versions()}.",
@@ -248,8 +277,8 @@ def table(n_requests: int, n: int, results: dict[str, Any]) -> str:
         "| what (same data, same run) | throughput | against the target (25 k/s) |",
         "|---|---|---|",
         f"| ceiling: a bare aiokafka consumer reading the records | {rate(ceil)} | — |",
-        f"| the ledger end to end (validator + projector processes, API read model caught "
-        f"up) | {rate(ours['seconds'])} | {met} |",
+        f"| the ledger end to end (a validator process, {processes}, API read model "
+        f"caught up) | {rate(ours['seconds'])} | {met} |",
         f"| Quix Streams peer (one app: decode, lifecycle, folds, alerts; RocksDB state) "
         f"| {rate(quix_s)} (to its final checkpoint: {n / flushed:,.0f}/s) "
         f"| ledger {'ahead' if ours['seconds'] < quix_s else 'behind'} "
@@ -277,7 +306,9 @@ def rewrite_readme(block: str) -> None:
     readme.write_text(text)
 
 
-async def run(settings: Settings, requests: int, tmp: Path) -> tuple[int, dict[str, Any]]:
+async def run(
+    settings: Settings, requests: int, tmp: Path, projectors: int = 1
+) -> tuple[int, dict[str, Any]]:
     raw = generate(requests=requests, until=UNTIL, seed=42)
     messages = [(subject_of(from_mapping(e)).encode(), orjson.dumps(e)) for e in raw]
     n = len(messages)
@@ -303,7 +334,7 @@ async def run(settings: Settings, requests: int, tmp: Path) -> tuple[int, dict[s
     results["ceiling"] = await ceiling(settings, ceiling_topic, n)
     print(f"  ceiling (bare consumer): {n / results['ceiling']:,.0f} events/s")
 
-    results["ledger"] = await ledger_run(settings, warm, messages, want_figures, want)
+    results["ledger"] = await ledger_run(settings, warm, messages, want_figures, want, projectors)
     ours = results["ledger"]
     same = "=" if ours["digest_ok"] else "≠"
     print(f"  ledger end to end: {n / ours['seconds']:,.0f} events/s; digest {same}, metrics "
@@ -329,6 +360,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--write", action="store_true", help="rewrite bench/README.md's table")
+    parser.add_argument("--projectors", type=int, default=1,
+                        help="projector processes sharing ledger.events' partitions")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         port = free_port()
@@ -341,7 +374,7 @@ def main() -> None:
             api_url=f"http://127.0.0.1:{port}",
             clock=UNTIL.isoformat(),
         )
-        n, results = asyncio.run(run(settings, args.requests, Path(tmp)))
+        n, results = asyncio.run(run(settings, args.requests, Path(tmp), args.projectors))
     block = table(args.requests, n, results)
     print(block)
     if args.write:

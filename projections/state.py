@@ -141,6 +141,12 @@ def _defaults(model: type[BaseModel]) -> dict[str, Any]:
 
 
 _DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {}
+# the fields set of each model built from each list of names (`_built`), and of each
+# fields set with each list of names replaced (`_replaced`): a dict lookup per state made,
+# where the sets' union, a frozenset and its hash were a tenth of a fold step
+_BUILT_SETS: dict[tuple[type[BaseModel], tuple[str, ...]], set[str]] = {}
+_REPLACED_SETS: dict[tuple[type[BaseModel], int, tuple[str, ...]], tuple[set[str], set[str]]] = {}
+MAX_SETS = 4096  # a model has few combinations of the fields it is given
 
 
 def _built(model: type[M], **values: Any) -> M:
@@ -150,18 +156,25 @@ def _built(model: type[M], **values: Any) -> M:
     defaults = _DEFAULTS.get(model)
     if defaults is None:
         defaults = _DEFAULTS[model] = _defaults(model)
+    given = (model, tuple(values))
+    names = _BUILT_SETS.get(given)
+    if names is None:
+        missing = [n for n, d in defaults.items() if d is _NO_DEFAULT and n not in values]
+        unknown = values.keys() - defaults.keys()
+        if missing or unknown:
+            raise TypeError(f"{model.__name__}: missing {missing}, unknown {sorted(unknown)}")
+        names = shared_fields_set(model, values.keys())
+        if len(_BUILT_SETS) < MAX_SETS:
+            _BUILT_SETS[given] = names
     fields = {name: values.get(name, default) for name, default in defaults.items()}
-    missing = [name for name, value in fields.items() if value is _NO_DEFAULT]
-    unknown = values.keys() - defaults.keys()
-    if missing or unknown:
-        raise TypeError(f"{model.__name__}: missing {missing}, unknown {sorted(unknown)}")
-    return _made(model, fields, values.keys())
+    return _made(model, fields, names)
 
 
-def _made(model: type[M], fields: dict[str, Any], names: Any) -> M:
+def _made(model: type[M], fields: dict[str, Any], names: set[str]) -> M:
+    """An instance of `model` holding `fields`, its fields set `names` (a shared one)."""
     built = model.__new__(model)
     object.__setattr__(built, "__dict__", fields)
-    object.__setattr__(built, "__pydantic_fields_set__", shared_fields_set(model, names))
+    object.__setattr__(built, "__pydantic_fields_set__", names)
     object.__setattr__(built, "__pydantic_extra__", None)
     object.__setattr__(built, "__pydantic_private__", None)
     return built
@@ -170,7 +183,15 @@ def _made(model: type[M], fields: dict[str, Any], names: Any) -> M:
 def _replaced(state: M, **update: Any) -> M:
     """`state.model_copy(update=update)`, its fields-set shared (`shared_fields_set`)."""
     model = type(state)
-    names = state.__pydantic_fields_set__ | update.keys()
+    given = state.__pydantic_fields_set__
+    key = (model, id(given), tuple(update))
+    held = _REPLACED_SETS.get(key)
+    if held is not None and held[0] is given:  # held: its id is not reused meanwhile
+        names = held[1]
+    else:
+        names = shared_fields_set(model, given | update.keys())
+        if len(_REPLACED_SETS) < MAX_SETS:
+            _REPLACED_SETS[key] = (given, names)
     return _made(model, {**state.__dict__, **update}, names)
 
 
@@ -414,7 +435,7 @@ def newest_event_at(state: RequestState) -> datetime:
 def with_newest(state_json: bytes, state: RequestState) -> bytes:
     """A request state's JSON with its newest event's instant first, under `NEWEST_KEY`:
     with it, what the indexes read of a record is all before its history (`record_head`)."""
-    return with_field(state_json, NEWEST_KEY, orjson.dumps(newest_event_at(state).isoformat()))
+    return with_field(state_json, NEWEST_KEY, orjson.dumps(newest_event_at(state)))  # RFC 3339
 
 
 def record_head(raw: bytes) -> dict[str, Any]:

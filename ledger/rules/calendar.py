@@ -49,14 +49,31 @@ class BusinessCalendar:
         return count
 
     def add_business_days(self, start: datetime, days: int) -> datetime:
-        """The instant `days` business days after `start`, at the same time of day."""
-        moment = start
-        remaining = days
+        """The instant `days` business days after `start`, at the same time of day: on
+        the `days`-th business day after its date. Whole weeks are jumped (any seven days
+        in a row hold five weekdays), the rest walked; then as many business days more as
+        there were holidays on weekdays among them (the alert rules take a deadline two
+        or three times per event: walked day by day, it was a tenth of the projector)."""
+        if days <= 0:
+            return start
+        day = start.date()
+        weeks = (days - 1) // 5
+        ahead = 7 * weeks  # days after `day`
+        remaining = days - 5 * weeks  # 1 to 5 weekdays still to pass
+        weekday = (day.weekday() + ahead) % 7
         while remaining > 0:
-            moment += DAY
-            if self.is_business_day(moment.date()):
+            ahead += 1
+            weekday = (weekday + 1) % 7
+            if weekday < 5:
                 remaining -= 1
-        return moment
+        if self.holidays:
+            end = day + timedelta(days=ahead)
+            missing = sum(1 for h in self.holidays if day < h <= end and h.weekday() < 5)
+            while missing > 0:
+                ahead += 1
+                if self.is_business_day(day + timedelta(days=ahead)):
+                    missing -= 1
+        return start + timedelta(days=ahead)
 
     def deadline(self, start: datetime, days: int, unit: Unit) -> datetime:
         """When something started at `start` becomes `days` (calendar or business) old."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -64,3 +64,32 @@ def test_business_days_between_counts_what_a_walk_day_by_day_counts(
     end = start + timedelta(days=span)
     walked = sum(cal.is_business_day(start + timedelta(days=i)) for i in range(1, max(span, 0) + 1))
     assert cal.business_days_between(start, end) == walked
+
+
+@given(
+    start=st.datetimes(
+        datetime(2025, 1, 1),
+        datetime(2027, 12, 31),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
+        ),
+    ),
+    days=st.integers(-3, 60),
+    holidays=st.lists(st.dates(date(2025, 1, 1), date(2028, 12, 31)), max_size=12),
+)
+def test_add_business_days_lands_where_a_walk_day_by_day_lands(
+    start: datetime, days: int, holidays: list[date]
+) -> None:
+    """Whole weeks jumped, the rest walked, then a business day more for each holiday on
+    a weekday among them: the instant a walk a day at a time reaches (same time of day,
+    same offset), with holidays clustered, on weekends, or on the last day."""
+    cal = BusinessCalendar.of([*holidays, *(h + timedelta(days=1) for h in holidays[:3])])
+    moment, remaining = start, days
+    while remaining > 0:
+        moment += timedelta(days=1)
+        if cal.is_business_day(moment.date()):
+            remaining -= 1
+    got = cal.add_business_days(start, days)
+    assert got == moment
+    assert got.tzinfo is start.tzinfo
+    assert got.timetz() == start.timetz()
