@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -94,29 +94,8 @@ class Assessment:
     rule: int  # which rule of section 4 decided (1-5)
 
 
-_ASSESSED: dict[tuple[int, int, int], tuple[Any, Any, Any, Assessment]] = {}
-ASSESSED_MAX = 16384  # assessments remembered (with the objects they were taken of)
-
-
 def assess(score: ScoreData, intake: IntakeData | None, policy: FairPolicy) -> Assessment:
-    """Apply the F.A.I.R. rules in order; the first that holds decides.
-
-    Remembered by the objects' identity (frozen models, each entry holding them, so an
-    id is not reused while it is remembered): a request's states share their score and
-    intake from event to event, and each state's metrics part and latest assessment
-    take them again (the projector writes both at every change; a third of its part)."""
-    key = (id(score), id(intake), id(policy))
-    held = _ASSESSED.get(key)
-    if held is not None and held[0] is score and held[1] is intake and held[2] is policy:
-        return held[3]
-    assessment = _assess(score, intake, policy)
-    if len(_ASSESSED) >= ASSESSED_MAX:
-        _ASSESSED.clear()
-    _ASSESSED[key] = (score, intake, policy, assessment)
-    return assessment
-
-
-def _assess(score: ScoreData, intake: IntakeData | None, policy: FairPolicy) -> Assessment:
+    """Apply the F.A.I.R. rules in order; the first that holds decides."""
     dims = {
         "fit": score.fit,
         "advantage": score.advantage,
