@@ -262,13 +262,17 @@ def table(n_requests: int, n: int, results: dict[str, Any]) -> str:
     def rate(seconds: float) -> str:
         return f"{n / seconds:,.0f} events/s ({seconds:.1f} s)"
 
-    ok = "equal" if ours["digest_ok"] and ours["metrics_ok"] and quix["digest_ok"] else "DIFFER"
-    met = "met" if n / ours["seconds"] >= 25_000 else "not met"
+    scaled = results.get("scaled")
+    runs = [ours, *([scaled] if scaled else [])]
+    ours_ok = all(r["digest_ok"] and r["metrics_ok"] for r in runs)
+    ok = "equal" if ours_ok and quix["digest_ok"] else "DIFFER"
+
+    def met(run: dict[str, Any]) -> str:
+        return "met" if n / run["seconds"] >= 25_000 else "not met"
+
     flushed = quix["flushed"] - quix["first"]
     cpu = ", ".join(f"{k} {v:,.1f} s" for k, v in ours["cpu"].items())
     rss = ", ".join(f"{k} {v:,.0f} MB" for k, v in ours["rss"].items())
-    projectors = ours["projectors"]
-    processes = "a projector process" if projectors == 1 else f"{projectors} projector processes"
     lines = [
         BEGIN,
         f"Last `make bench`: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; {versions()}.",
@@ -277,19 +281,36 @@ def table(n_requests: int, n: int, results: dict[str, Any]) -> str:
         "| what (same data, same run) | throughput | against the target (25 k/s) |",
         "|---|---|---|",
         f"| ceiling: a bare aiokafka consumer reading the records | {rate(ceil)} | — |",
-        f"| the ledger end to end (a validator process, {processes}, API read model "
-        f"caught up) | {rate(ours['seconds'])} | {met} |",
+        f"| the ledger end to end (a validator process, a projector process, API read model "
+        f"caught up) | {rate(ours['seconds'])} | {met(ours)} |",
+        *(
+            [
+                f"| the same with {scaled['projectors']} projector processes sharing the "
+                f"partitions | {rate(scaled['seconds'])} | {met(scaled)} |"
+            ]
+            if scaled
+            else []
+        ),  # fmt: skip
         f"| Quix Streams peer (one app: decode, lifecycle, folds, alerts; RocksDB state) "
         f"| {rate(quix_s)} (to its final checkpoint: {n / flushed:,.0f}/s) "
         f"| ledger {'ahead' if ours['seconds'] < quix_s else 'behind'} "
         f"({quix_s / ours['seconds']:.2f}×) |",
         "",
         f"Read models against the pure fold of the log: {ok} (projector changelog digest "
-        f"{'=' if ours['digest_ok'] else '≠'}, API metrics and pipeline total "
-        f"{'=' if ours['metrics_ok'] else '≠'}, Quix peer's state digest "
+        f"{'=' if all(r['digest_ok'] for r in runs) else '≠'}, API metrics and pipeline total "
+        f"{'=' if all(r['metrics_ok'] for r in runs) else '≠'}, Quix peer's state digest "
         f"{'=' if quix['digest_ok'] else '≠'}). Peak RSS: {rss}; Quix peer "
         f"{quix['peak_rss_mb']:,.0f} MB. CPU of the ledger's processes over the run (warm-up "
-        f"and start-up included): {cpu}.",
+        f"and start-up included): {cpu}."
+        + (
+            f" With {scaled['projectors']} projectors: "
+            + ", ".join(f"{k} {v:,.1f} s" for k, v in scaled["cpu"].items())
+            + "; peak RSS "
+            + ", ".join(f"{k} {v:,.0f} MB" for k, v in scaled["rss"].items())
+            + "."
+            if scaled
+            else ""
+        ),
         END,
     ]
     return "\n".join(lines)
@@ -334,14 +355,24 @@ async def run(
     results["ceiling"] = await ceiling(settings, ceiling_topic, n)
     print(f"  ceiling (bare consumer): {n / results['ceiling']:,.0f} events/s")
 
-    results["ledger"] = await ledger_run(settings, warm, messages, want_figures, want, projectors)
-    ours = results["ledger"]
-    same = "=" if ours["digest_ok"] else "≠"
-    print(f"  ledger end to end: {n / ours['seconds']:,.0f} events/s; digest {same}, metrics "
-          f"{'=' if ours['metrics_ok'] else '≠'}")  # fmt: skip
-
-    if ours["difference"]:
-        print(f"    the projector's states part from the fold's at {ours['difference']}")
+    results["ledger"] = await ledger_run(settings, warm, messages, want_figures, want)
+    if projectors > 1:  # the same again, more projector processes sharing the partitions
+        port = free_port()
+        scaled = settings.model_copy(update={
+            "topic_prefix": f"{settings.topic_prefix}p{projectors}.",
+            "data_dir": settings.data_dir / f"p{projectors}",
+            "api_port": port, "api_url": f"http://127.0.0.1:{port}",
+        })  # fmt: skip
+        results["scaled"] = await ledger_run(scaled, warm, messages, want_figures, want, projectors)
+    for ours in (results["ledger"], results.get("scaled")):
+        if ours is None:
+            continue
+        same = "=" if ours["digest_ok"] else "≠"
+        print(f"  ledger end to end, {ours['projectors']} projector(s): "
+              f"{n / ours['seconds']:,.0f} events/s; digest {same}, metrics "
+              f"{'=' if ours['metrics_ok'] else '≠'}")  # fmt: skip
+        if ours["difference"]:
+            print(f"    the projector's states part from the fold's at {ours['difference']}")
     quix_topic = f"{settings.topic_prefix}quix.inbox"
     await publish(settings, quix_topic, messages)
     quix = results["quix"] = await asyncio.to_thread(quix_run, settings, quix_topic, n, tmp / "q")
@@ -360,8 +391,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--write", action="store_true", help="rewrite bench/README.md's table")
-    parser.add_argument("--projectors", type=int, default=1,
-                        help="projector processes sharing ledger.events' partitions")  # fmt: skip
+    parser.add_argument("--projectors", type=int, default=2,
+                        help="the ledger again with N projectors (1: not again)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         port = free_port()
@@ -379,7 +410,8 @@ def main() -> None:
     print(block)
     if args.write:
         rewrite_readme(block)
-    ok = results["ledger"]["digest_ok"] and results["ledger"]["metrics_ok"]
+    runs = [results["ledger"], *([results["scaled"]] if "scaled" in results else [])]
+    ok = all(r["digest_ok"] and r["metrics_ok"] for r in runs)
     sys.exit(0 if ok and results["quix"]["digest_ok"] else 1)
 
 
