@@ -435,7 +435,9 @@ def newest_event_at(state: RequestState) -> datetime:
 def with_newest(state_json: bytes, state: RequestState) -> bytes:
     """A request state's JSON with its newest event's instant first, under `NEWEST_KEY`:
     with it, what the indexes read of a record is all before its history (`record_head`)."""
-    return with_field(state_json, NEWEST_KEY, orjson.dumps(newest_event_at(state)))  # RFC 3339
+    # RFC 3339 as `isoformat` writes it, for the whole-minute offsets events carry (the
+    # edge refuses others; orjson would drop an offset's seconds)
+    return with_field(state_json, NEWEST_KEY, orjson.dumps(newest_event_at(state)))
 
 
 def record_head(raw: bytes) -> dict[str, Any]:

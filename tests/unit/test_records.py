@@ -3,9 +3,11 @@ alert timer read of it is all before its history, which they no longer parse."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from events import from_mapping
 from ledger.entrypoints.history import generate
@@ -22,6 +24,7 @@ from projections.state import (
     newest_of,
     record_head,
     request_facts,
+    with_newest,
 )
 
 POLICY = Policy()
@@ -102,3 +105,32 @@ def test_a_head_written_by_orjson_is_pydantics_byte_for_byte() -> None:
     assert any(s.decisions and s.decisions[-1].review_on for s in states)
     for state in states:
         assert head_json(state) == state.model_dump_json(exclude={"history"}).encode()
+
+
+@given(
+    at=st.datetimes(
+        datetime(1970, 1, 2),
+        datetime(9998, 12, 30),
+        timezones=st.integers(-23 * 60 - 59, 23 * 60 + 59).map(
+            lambda minutes: timezone(timedelta(minutes=minutes))
+        ),
+    )
+)
+def test_a_records_newest_instant_is_written_as_isoformat_writes_it(at: datetime) -> None:
+    """`with_newest` writes the instant with orjson: the same text as `isoformat` for any
+    whole-minute offset (the only ones an event can carry) and any fraction of a second."""
+    state = folded_states_once()[0]
+    stamped = state.model_copy(
+        update={"history": (state.history[0].model_copy(update={"occurred_at": at}),)}
+    )
+    record = with_newest(b'{"request_id":"r"}', stamped)
+    assert orjson.loads(record)[NEWEST_KEY] == at.isoformat()
+
+
+_ONCE: list[RequestState] = []
+
+
+def folded_states_once() -> list[RequestState]:
+    if not _ONCE:
+        _ONCE.extend(folded_states())
+    return _ONCE
