@@ -193,8 +193,8 @@ async def ledger_run(
 
 
 async def wait_members(settings: Settings, group: str, members: int, timeout: float = 60) -> None:
-    """Until `group` is stable with `members` members, each with partitions (a member
-    joining later would rebalance the group inside the clock)."""
+    """Until `group` is stable with `members` members (a member joining later would
+    rebalance the group inside the clock)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
     await admin.start()
     try:
@@ -271,8 +271,13 @@ def table(n_requests: int, n: int, results: dict[str, Any]) -> str:
         return "met" if n / run["seconds"] >= 25_000 else "not met"
 
     flushed = quix["flushed"] - quix["first"]
-    cpu = ", ".join(f"{k} {v:,.1f} s" for k, v in ours["cpu"].items())
-    rss = ", ".join(f"{k} {v:,.0f} MB" for k, v in ours["rss"].items())
+
+    def cpu(run: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:,.1f} s" for k, v in run["cpu"].items())
+
+    def rss(run: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:,.0f} MB" for k, v in run["rss"].items())
+
     lines = [
         BEGIN,
         f"Last `make bench`: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; {versions()}.",
@@ -299,18 +304,14 @@ def table(n_requests: int, n: int, results: dict[str, Any]) -> str:
         f"Read models against the pure fold of the log: {ok} (projector changelog digest "
         f"{'=' if all(r['digest_ok'] for r in runs) else '≠'}, API metrics and pipeline total "
         f"{'=' if all(r['metrics_ok'] for r in runs) else '≠'}, Quix peer's state digest "
-        f"{'=' if quix['digest_ok'] else '≠'}). Peak RSS: {rss}; Quix peer "
+        f"{'=' if quix['digest_ok'] else '≠'}). Peak RSS: {rss(ours)}; Quix peer "
         f"{quix['peak_rss_mb']:,.0f} MB. CPU of the ledger's processes over the run (warm-up "
-        f"and start-up included): {cpu}."
+        f"and start-up included): {cpu(ours)}."
         + (
-            f" With {scaled['projectors']} projectors: "
-            + ", ".join(f"{k} {v:,.1f} s" for k, v in scaled["cpu"].items())
-            + "; peak RSS "
-            + ", ".join(f"{k} {v:,.0f} MB" for k, v in scaled["rss"].items())
-            + "."
+            f" With {scaled['projectors']} projectors: {cpu(scaled)}; peak RSS {rss(scaled)}."
             if scaled
             else ""
-        ),
+        ),  # fmt: skip
         END,
     ]
     return "\n".join(lines)
