@@ -143,7 +143,7 @@ def _defaults(model: type[BaseModel]) -> dict[str, Any]:
 _DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {}
 # the fields set of each model built from each list of names (`_built`), and of each
 # fields set with each list of names replaced (`_replaced`): a dict lookup per state made,
-# where the sets' union, a frozenset and its hash were a tenth of a fold step
+# where a set union, a frozenset and its hash were (the fold ~10 -> ~9 us per event)
 _BUILT_SETS: dict[tuple[type[BaseModel], tuple[str, ...]], set[str]] = {}
 _REPLACED_SETS: dict[tuple[type[BaseModel], int, tuple[str, ...]], tuple[set[str], set[str]]] = {}
 MAX_SETS = 4096  # a model has few combinations of the fields it is given

