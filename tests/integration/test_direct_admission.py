@@ -10,6 +10,7 @@ same subject and partition reaches this process's screening first.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,12 +153,20 @@ async def test_validators_sharing_partitions_judge_each_message_once(
     total = len(parts[0]) + len(parts[1])
     out = await collect(settings, settings.broker, outputs, lambda c: c.total() >= total, 180)
     out = await collect(settings, settings.broker, outputs, lambda c: False, 3.0)  # any extra
+    verdicts = out.records[topics.events] + out.records[topics.rejected]
     judged = [
         (int(h["ledger-inbox-partition"]), int(h["ledger-inbox-offset"]))
-        for r in out.records[topics.events] + out.records[topics.rejected]
+        for r in verdicts
         if (h := dict(r.headers))
     ]
-    assert len(judged) == len(set(judged)) == total, workers.logs()
+    twice = {at for at, n in Counter(judged).items() if n > 1}
+    seen = [  # what a failure is read by: each verdict of a position judged twice
+        (r.topic, r.partition, r.offset, dict(r.headers), r.value[:120])
+        for r in verdicts
+        if (h := dict(r.headers))
+        and (int(h["ledger-inbox-partition"]), int(h["ledger-inbox-offset"])) in twice
+    ]
+    assert len(judged) == len(set(judged)) == total, (seen, workers.logs())
     assert out.records[topics.rejected] == [], "each request's events in order, none refused"
     kinds: dict[str, list[str]] = {}
     for record in out.records[topics.events]:
