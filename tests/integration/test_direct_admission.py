@@ -156,18 +156,17 @@ async def test_validators_sharing_partitions_judge_each_message_once(
     inbox = await collect(
         settings, settings.broker, [topics.inbox], lambda c: c.total() >= total, 60
     )
-    verdicts = out.records[topics.events] + out.records[topics.rejected]
-    judged = [
-        (int(h["ledger-inbox-partition"]), int(h["ledger-inbox-offset"]))
-        for r in verdicts
+    verdicts = [  # each verdict with the inbox position it names
+        ((int(h["ledger-inbox-partition"]), int(h["ledger-inbox-offset"])), r)
+        for r in out.records[topics.events] + out.records[topics.rejected]
         if (h := dict(r.headers))
     ]
+    judged = [at for at, _ in verdicts]
     twice = {at for at, n in Counter(judged).items() if n > 1}
     seen = [  # what a failure is read by: each verdict of a position judged twice
         (r.topic, r.partition, r.offset, dict(r.headers), r.value[:120])
-        for r in verdicts
-        if (h := dict(r.headers))
-        and (int(h["ledger-inbox-partition"]), int(h["ledger-inbox-offset"])) in twice
+        for at, r in verdicts
+        if at in twice
     ]
     sent = {(r.partition, r.offset) for r in inbox.records[topics.inbox]}
     unjudged = sorted(sent - set(judged))  # and the inbox messages without a verdict

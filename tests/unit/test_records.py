@@ -3,6 +3,7 @@ alert timer read of it is all before its history, which they no longer parse."""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -119,7 +120,7 @@ def test_a_head_written_by_orjson_is_pydantics_byte_for_byte() -> None:
 def test_a_records_newest_instant_is_written_as_isoformat_writes_it(at: datetime) -> None:
     """`with_newest` writes the instant with orjson: the same text as `isoformat` for any
     whole-minute offset (the only ones an event can carry) and any fraction of a second."""
-    state = folded_states_once()[0]
+    state = one_state()
     stamped = state.model_copy(
         update={"history": (state.history[0].model_copy(update={"occurred_at": at}),)}
     )
@@ -127,10 +128,6 @@ def test_a_records_newest_instant_is_written_as_isoformat_writes_it(at: datetime
     assert orjson.loads(record)[NEWEST_KEY] == at.isoformat()
 
 
-_ONCE: list[RequestState] = []
-
-
-def folded_states_once() -> list[RequestState]:
-    if not _ONCE:
-        _ONCE.extend(folded_states())
-    return _ONCE
+@functools.cache
+def one_state() -> RequestState:
+    return folded_states()[0]
