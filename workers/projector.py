@@ -54,7 +54,7 @@ from projections.state import (
     request_facts,
     request_json,
 )
-from workers.runtime import Processor, Table, make_table, send_all, write_tables
+from workers.runtime import Fenced, Processor, Table, make_table, send_all, write_tables
 
 log = logging.getLogger(__name__)
 REPLAY_LAG = timedelta(hours=1)
@@ -188,6 +188,7 @@ class Projector:
         customers: dict[bytes, Any],
         encoded: dict[bytes, bytes] | None = None,
     ) -> None:
+        await self.processor.fence()  # nothing written once the partitions moved
         out = [
             Outgoing(self.topics.alerts, a["subject_id"].encode(), orjson.dumps(a))
             for a in alerts.alerts
@@ -273,7 +274,10 @@ class Projector:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.alert_interval)
             except TimeoutError:
-                await self.check()
+                try:
+                    await self.check()
+                except Fenced:  # the partitions are moving: their new owner checks them
+                    log.info("alert check left to the partitions' new owner")
 
 
 EVER = datetime.min.replace(tzinfo=UTC)  # due at once

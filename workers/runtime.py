@@ -12,7 +12,10 @@ changelogs in Kafka) with the guarantees we need:
 - the handler's outputs and table writes are acknowledged (sealed sends) *before* the
   batch's offsets are committed: at-least-once, and every handler is idempotent;
 - a newly assigned partition's table state is rebuilt from its changelog partition
-  before any of its records is handled; a revoked partition's state is dropped.
+  before any of its records is handled; a revoked partition's state is dropped;
+- a processor writes outputs and state only while it is a current member of its group
+  (`Processor.fence`), so a process paused past its session (its partitions given to
+  another) writes nothing for them when it resumes.
 """
 
 from __future__ import annotations
@@ -262,6 +265,12 @@ class RecoveryFailed(RuntimeError):
     """A processor's tables could not be rebuilt for partitions it was given."""
 
 
+class Fenced(RuntimeError):
+    """This process is no longer (or not yet again) the group's owner of its partitions:
+    the group rebalanced while it was paused or slow, and may have given them to another
+    process. It writes nothing for the batch at hand, which is left to their owner."""
+
+
 class StartAfresh(RuntimeError):
     """A send failed after part of a batch's outputs may have been written: redoing the
     batch in place would write them again, so the processors stop and are started
@@ -292,6 +301,11 @@ class Processor:
         # per assigned partition, the offset before which every record has been handled
         # (its committed offset at assignment, then each batch's end once handled)
         self.handled: dict[int, int] = {}
+        # partitions the group gave this process whose tables are not rebuilt yet: that is
+        # done by `settle`, outside the rebalance listener, where aiokafka sends no
+        # heartbeat (a recovery longer than the session would have the process removed
+        # from its group while it goes on as the partitions' owner)
+        self.pending: set[int] = set()
 
     async def caught_up(self) -> set[int]:
         """The assigned partitions whose every record has been handled (call under the
@@ -308,20 +322,76 @@ class Processor:
                     out.add(partition)
         return out
 
-    async def handle_recovered(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Handle a batch, under the lock, unless a recovery of the tables failed: aiokafka
-        logs and swallows a rebalance listener's exception, and the stream would go on
-        against tables missing what their changelogs hold (a redelivered event admitted
-        twice). The worker stops instead, and is started again fresh."""
+    async def settle(self, settings: Settings, bootstrap: str) -> None:
+        """Rebuild the tables of the partitions newly assigned (`pending`) from their
+        changelogs and run `on_assigned` for them, under the lock, before any of their
+        records is handled. A failure stops the worker (it is started again fresh): the
+        stream must not go on against tables missing what their changelogs hold."""
+        if not self.pending:
+            return
+        async with self.lock:
+            new = set(self.pending)
+            if not new:
+                return
+            try:
+                for table in self.tables:
+                    table.drop(new)  # whatever was there is stale: rebuild from the changelog
+                    await table.recover(settings, bootstrap, new)
+                for partition in new:
+                    committed = None
+                    if self.consumer is not None:
+                        tp = TopicPartition(self.topic, partition)
+                        committed = await self.consumer.committed(tp)
+                    self.handled[partition] = committed or 0
+                self.assigned |= new
+                if self.on_assigned is not None:
+                    await self.on_assigned(new)
+            except Fenced:
+                self.assigned -= new  # the rebalance under way gives them out again
+                for table in self.tables:
+                    table.drop(new)
+                raise
+            except Exception as exc:
+                self.failure = exc
+                raise RecoveryFailed(f"{self.name}: recovering its tables failed") from exc
+            self.pending -= new
+
+    async def fence(self) -> None:
+        """Raise `Fenced` unless this process is still a member of its group's current
+        generation (call under the lock, right before writing outputs or state). It
+        commits the offsets already handled (true, so harmless), which the coordinator
+        refuses from a member it removed or while the group rebalances. Not in a group
+        (a handler driven directly): nothing to check."""
+        consumer = self.consumer
+        offsets = {
+            TopicPartition(self.topic, p): o for p, o in self.handled.items() if p in self.assigned
+        }
+        if consumer is None or not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            raise Fenced(f"{self.name}: no longer a member of its group's generation") from exc
+
+    async def handle_recovered(
+        self, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> set[TopicPartition]:
+        """Handle the records of a batch whose partitions this process still owns (one
+        revoked while the batch waited for the lock is left to its new owner), under the
+        lock, unless a recovery of the tables failed. The partitions handled."""
         async with self.lock:
             if self.failure is not None:
                 raise RecoveryFailed(f"{self.name}: recovering its tables failed") from (
                     self.failure
                 )
-            await self.handle(records)
+            owned = self.assigned
+            mine = [r for r in records if r.partition in owned]
+            if mine:
+                await self.handle(mine)
             handled = self.handled
-            for record in records:  # in order per partition: the last one wins
+            for record in mine:  # in order per partition: the last one wins
                 handled[record.partition] = record.offset + 1
+            return {TopicPartition(self.topic, p) for p in {r.partition for r in mine}}
 
     async def run(self, settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
         group = group_id(settings.topic_prefix, self.name)
@@ -340,30 +410,35 @@ class Processor:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             **settings.kafka_client_options(),
         )
-        listener = _Rebalance(self, settings, bootstrap, consumer, members)
+        listener = _Rebalance(self, consumer, members)
         consumer.subscribe([self.topic], listener=listener)
         await consumer.start()
         self.consumer = consumer
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=settings.batch_size)
-                if not batches:
-                    continue
-                records = [
-                    r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]
-                ]
                 try:
-                    await self.handle_recovered(records)
-                except KafkaError as exc:  # retries ran out: redo the batch (idempotent)
-                    if not exc.retriable:
+                    await self.settle(settings, bootstrap)
+                    if not batches:
+                        continue
+                    records = [
+                        r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]
+                    ]
+                    done = await self.handle_recovered(records)
+                except (KafkaError, Fenced) as exc:  # redo the batch (idempotent)
+                    if isinstance(exc, KafkaError) and not exc.retriable:
                         raise  # redoing cannot help (a record too large, denied access)
-                    log.warning("%s: redoing a batch after a send failed", self.name)
+                    log.warning("%s: redoing a batch (%r)", self.name, exc)
                     for tp, rs in batches.items():
                         with contextlib.suppress(IllegalStateError):  # revoked meanwhile
                             consumer.seek(tp, rs[0].offset)
-                    await asyncio.sleep(1.0)
+                    # a send failed: the broker may be busy; fenced: the rebalance under
+                    # way gives the partitions out again
+                    await asyncio.sleep(1.0 if isinstance(exc, KafkaError) else 0.2)
                     continue
-                offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs}
+                offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if tp in done}
+                if not offsets:
+                    continue
                 try:
                     await consumer.commit(offsets)
                 except (CommitFailedError, IllegalStateError) as exc:
@@ -377,16 +452,9 @@ class Processor:
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
-        self,
-        processor: Processor,
-        settings: Settings,
-        bootstrap: str,
-        consumer: AIOKafkaConsumer,
-        members: MemberFile,
+        self, processor: Processor, consumer: AIOKafkaConsumer, members: MemberFile
     ) -> None:
         self.processor = processor
-        self.settings = settings
-        self.bootstrap = bootstrap
         self.consumer = consumer
         self.members = members
 
@@ -396,30 +464,17 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             for table in self.processor.tables:
                 table.drop(gone)
             self.processor.assigned -= gone
+            self.processor.pending -= gone
             for partition in gone:
                 self.processor.handled.pop(partition, None)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Only note them: their tables are rebuilt by `Processor.settle`, outside this
+        listener, as aiokafka heartbeats only once it returns."""
         member_id = member_id_of(self.consumer)
         if member_id is not None:
             self.members.record(member_id)  # for the next process, should this one be killed
-        new = {tp.partition for tp in assigned} - self.processor.assigned
-        async with self.processor.lock:
-            try:
-                for table in self.processor.tables:
-                    table.drop(new)  # whatever was there is stale: rebuild from the changelog
-                    await table.recover(self.settings, self.bootstrap, new)
-                for partition in new:
-                    committed = await self.consumer.committed(
-                        TopicPartition(self.processor.topic, partition)
-                    )
-                    self.processor.handled[partition] = committed or 0
-                self.processor.assigned |= new
-                if self.processor.on_assigned is not None and new:
-                    await self.processor.on_assigned(new)
-            except Exception as exc:
-                self.processor.failure = exc  # the next batch stops the worker
-                raise
+        self.processor.pending |= {tp.partition for tp in assigned} - self.processor.assigned
 
 
 READ_MAX = 50_000  # records handed by one `getmany` of `read_to_end`

@@ -50,6 +50,7 @@ from ledger.rules.lifecycle import (
 from ledger.rules.rejections import Provenance, rejection_record
 from workers.failpoints import failpoint
 from workers.runtime import (
+    Fenced,
     Processor,
     StartAfresh,
     Table,
@@ -361,6 +362,7 @@ class Validator:
         # repaired on the next assignment by `complete_from_output`. So is a send that
         # fails in between (or half-way through the verdicts): the batch is not redone in
         # place, against a state that does not know the verdicts already written
+        await self.processors[1].fence()  # nothing written once the partitions moved
         try:
             self.advance(await send_all(self.producer, out))
             failpoint("admit:verdicts-sent")
@@ -384,7 +386,10 @@ class Validator:
                 await asyncio.wait_for(stop.wait(), every)
             if self.holding and not stop.is_set():
                 async with self.processors[1].lock:
-                    await self.expire_due(time.time())
+                    try:
+                        await self.expire_due(time.time())
+                    except Fenced:  # their new owner expires them
+                        log.info("not expiring held events: the partitions are moving")
 
     async def expire_due(self, now: float) -> None:
         states: dict[bytes, SubjectState] = {}
@@ -453,6 +458,7 @@ class Validator:
             self.outputs[tp] = max(self.outputs.get(tp, 0), end)
         if completed:
             log.warning("completed %d subject states from verdicts already written", len(completed))
+        await self.processors[1].fence()
         await write_tables(
             self.producer, [(self.subjects, {**completed, **self.marks(partitions)})]
         )

@@ -10,6 +10,7 @@ same subject and partition reaches this process's screening first.
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,7 @@ async def test_a_later_message_waits_for_those_forwarded_before_it(settings: Set
         admission.assigned = set(range(settings.partitions))
         admission.handled = dict.fromkeys(admission.assigned, 0)
         # this process takes inbox partition 0 over and screens the decision first
+        validator.processors[0].assigned = {0}
         await validator.screen_assigned({0})
         await validator.processors[0].handle_recovered([inbox[2]])  # type: ignore[list-item]
         # then admission handles the re-keyed stream
@@ -233,3 +235,47 @@ async def test_a_send_failing_after_verdicts_starts_afresh(
         assert out.records[topics.rejected] == []
     finally:
         await producer.stop()
+
+
+async def test_a_paused_validator_writes_nothing_once_its_partitions_moved(
+    settings: Settings, workers: Workers
+) -> None:
+    """A validator paused (SIGSTOP) for longer than its session is removed from its
+    groups, and the other takes its partitions over and judges what it left. Resumed
+    (SIGCONT), the paused one still believes it owns them until its next heartbeat, and
+    may hold records fetched before the pause: it must write no verdict and no state for
+    them, or a message is judged twice (a "zombie" writer). Every inbox message gets one
+    verdict, every event reaches the ledger once."""
+    assert settings.broker is not None
+    workers.settings = settings = settings.model_copy(update={"session_timeout_s": 4.0})
+    topics = Topics(settings.topic_prefix)
+    outputs = [topics.events, topics.rejected]
+    env = {"LEDGER_WORKER_ROLE": "validator", "LEDGER_BATCH_SIZE": "20"}
+    requests = [f"R-{n}" for n in range(200)]
+    parts: list[list[tuple[bytes | None, bytes]]] = [[], []]
+    for n, request in enumerate(requests):
+        key = request.encode() if n % 2 else f"crm-{n % 5}".encode()  # half mis-keyed
+        parts[0].append((key, orjson.dumps(intake(request))))
+        parts[1] += [(key, orjson.dumps(score(request))), (key, orjson.dumps(decision(request)))]
+    paused = workers.start(env=env)
+    workers.start(env=env)
+    await publish(settings, parts[0])
+    await collect(settings, settings.broker, outputs, lambda c: c.total() >= 50, 90)
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        await publish(settings, parts[1])  # while its fetches are in flight
+        total = len(parts[0]) + len(parts[1])
+        # the other takes every partition over once the paused one's session ends
+        await collect(settings, settings.broker, outputs, lambda c: c.total() >= total, 120)
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    out = await collect(settings, settings.broker, outputs, lambda c: False, 5.0)  # any extra
+    judged = Counter(
+        (int(h["ledger-inbox-partition"]), int(h["ledger-inbox-offset"]))
+        for r in out.records[topics.events] + out.records[topics.rejected]
+        if (h := dict(r.headers))
+    )
+    twice = sorted(at for at, n in judged.items() if n > 1)
+    assert twice == [] and len(judged) == total, (twice, workers.logs())
+    ids = Counter(orjson.loads(r.value)["event_id"] for r in out.records[topics.events])
+    assert len(ids) == total and max(ids.values()) == 1
