@@ -43,7 +43,6 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.digest import digest_of, first_difference
 from bench.pipeline import cpu_s, history, more_projectors, wait_folded
@@ -53,6 +52,7 @@ from events.codec import subject_of
 from ledger.adapters.broker import EmbeddedBroker, free_port
 from ledger.adapters.config import Settings
 from ledger.adapters.kafka import ensure_topics
+from ledger.adapters.membership import wait_members
 from ledger.adapters.publisher import Publisher
 from ledger.entrypoints.history import generate
 from ledger.entrypoints.runner import start_api, start_stages, stop_process
@@ -190,24 +190,6 @@ async def ledger_run(
     finally:
         for process in (validator, projector, *others, api):
             stop_process(process)
-
-
-async def wait_members(settings: Settings, group: str, members: int, timeout: float = 60) -> None:
-    """Until `group` is stable with `members` members (a member joining later would
-    rebalance the group inside the clock)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
-    await admin.start()
-    try:
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            [described] = await admin.describe_consumer_groups([group])
-            [(_, _, state, *_, found)] = described.groups
-            if state == "Stable" and len(found) == members:
-                return
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"{group} did not settle with {members} members")
-    finally:
-        await admin.close()
 
 
 def quix_run(settings: Settings, topic: str, n: int, state_dir: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.group import LeaveGroupRequest
 
@@ -120,3 +121,23 @@ def member_id_of(consumer: Any) -> str | None:
     coordinator = getattr(consumer, "_coordinator", None)
     member_id = getattr(coordinator, "member_id", None)
     return member_id if isinstance(member_id, str) and member_id else None
+
+
+async def wait_members(settings: Settings, group: str, members: int, timeout: float = 60) -> None:
+    """Until `group` is stable with `members` members: a rebalance is over and every
+    member has its partitions (a benchmark's clock, a test's next step)."""
+    options = settings.kafka_client_options()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, **options)
+    await admin.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            [described] = await admin.describe_consumer_groups([group])
+            [(_, _, state, *_, found)] = described.groups
+            if state == "Stable" and len(found) == members:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{group} did not settle with {members} members")
+    finally:
+        await admin.close()

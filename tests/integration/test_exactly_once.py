@@ -20,12 +20,15 @@ import pytest
 
 from events import from_mapping
 from ledger.adapters.config import Settings
+from ledger.adapters.membership import wait_members
 from ledger.adapters.reader import Collected, collect
 from ledger.adapters.topics import Topics
 from projections import fold
 from tests.integration.conftest import Workers
 from tests.integration.test_api import assert_lists_match, known_history, subject, wait_folded
+from tests.integration.test_api import publish as publish_events
 from tests.integration.test_validator import publish
+from workers.runtime import group_id
 
 pytestmark = pytest.mark.integration
 KILLS = int(os.environ.get("LEDGER_SOAK_KILLS", "10"))
@@ -106,5 +109,37 @@ async def test_sigkills_at_random_points_leave_each_event_once(
     assert codes == {"duplicate_event_id": 300, "schema": 20, "undecodable": 10}
 
     workers.start("ledger.api")
+    await wait_folded(settings, len(history), workers)
+    await assert_lists_match(settings, fold(from_mapping(e) for e in history))
+
+
+async def test_a_paused_projector_leaves_the_read_model_to_the_partitions_new_owner(
+    settings: Settings, workers: Workers
+) -> None:
+    """Two projectors share `ledger.events`; one is paused (SIGSTOP) past its session, the
+    other takes its partitions over and folds the rest. Resumed (SIGCONT), the paused one
+    must not write the states it folded from records fetched before the pause: they are
+    older than the new owner's, and the newest changelog record is what a restart and
+    the API read. The read model stays the fold of the log."""
+    assert settings.broker is not None
+    workers.settings = settings = settings.model_copy(update={"session_timeout_s": 4.0})
+    history = known_history(300)
+    half = len(history) // 2
+    workers.start(env={"LEDGER_WORKER_ROLE": "validator"})
+    projector = {"LEDGER_WORKER_ROLE": "projector", "LEDGER_BATCH_SIZE": "20"}
+    paused = workers.start(env=projector)
+    workers.start(env=projector)
+    workers.start("ledger.api")
+    group = group_id(settings.topic_prefix, "projector")
+    await wait_members(settings, group, 2)
+    await publish_events(settings, history[:half])
+    await wait_folded(settings, half // 2, workers)
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        await publish_events(settings, history[half:])  # while its fetches are in flight
+        await wait_folded(settings, len(history), workers)  # the other folds it all
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    await wait_members(settings, group, 2)  # it is back in the group, with its partitions
     await wait_folded(settings, len(history), workers)
     await assert_lists_match(settings, fold(from_mapping(e) for e in history))
