@@ -428,7 +428,8 @@ class Validator:
     async def complete_from_output(self, partitions: set[int]) -> None:
         """Fold into the newly assigned partitions' states the verdicts written after
         their last changelog write (a worker killed between the two), so a redelivered
-        message is recognised as judged and nothing reaches the ledger twice."""
+        message is recognised as judged and nothing reaches the ledger twice; and take
+        the events their states hold into the grace timer's care."""
         n = len(self.subjects.partitions)
         starts: dict[TopicPartition, int] = {}
         for p in partitions:
@@ -462,3 +463,8 @@ class Validator:
         await write_tables(
             self.producer, [(self.subjects, {**completed, **self.marks(partitions)})]
         )
+        # the events they hold (a killed or rebalanced owner's) expire here now: without
+        # the timer, only another event of their subject would judge them again
+        for partition, key, state in self.subjects.owned():
+            if partition in partitions and isinstance(state, SubjectState) and state.held:
+                self.holding.add(key)

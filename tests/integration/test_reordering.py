@@ -104,3 +104,35 @@ async def test_an_event_whose_predecessor_never_comes_is_refused_when_its_grace_
             break
         await asyncio.sleep(0.2)
     assert await get_json(settings, "/held") == []
+
+
+async def test_events_held_by_a_killed_worker_are_refused_by_the_next_when_their_grace_ends(
+    settings: Settings, workers: Workers
+) -> None:
+    """A worker killed (SIGKILL) while it holds events: the one that takes its partitions
+    over finds them in the recovered states and refuses them when their grace ends (it
+    must not wait for another event of their subjects, which may never come)."""
+    workers.settings = settings = settings.model_copy(
+        update={"reorder_grace_s": 6.0, "session_timeout_s": 4.0}
+    )
+    orphans = [keyed(score("ORPHAN-3")), keyed(revisit("ORPHAN-4"))]
+    await publish(settings, orphans)
+    first = workers.start()
+    workers.start("ledger.api")
+    deadline = asyncio.get_running_loop().time() + 60
+    held: list[dict[str, Any]] = []
+    while asyncio.get_running_loop().time() < deadline and len(held) < 2:
+        try:
+            held = await get_json(settings, "/held")
+        except Exception:  # noqa: BLE001 - the API may not listen yet
+            held = []
+        await asyncio.sleep(0.3)
+    assert len(held) == 2, workers.logs()
+    first.kill()  # SIGKILL, holding both
+    first.wait()
+    workers.start()
+    out = await read_outputs(settings, len(orphans), timeout=60)
+    topics = Topics(settings.topic_prefix)
+    assert out.records[topics.events] == []
+    refusals = [orjson.loads(r.value)["reasons"][0] for r in out.records[topics.rejected]]
+    assert sorted(r["code"] for r in refusals) == ["unknown_request", "unknown_request"]
