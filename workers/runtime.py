@@ -346,8 +346,10 @@ class Processor:
                 self.assigned |= new
                 if self.on_assigned is not None:
                     await self.on_assigned(new)
-            except Fenced:
-                self.assigned -= new  # the rebalance under way gives them out again
+            except Fenced:  # the rebalance under way gives them out again
+                self.assigned -= new
+                for partition in new:
+                    self.handled.pop(partition, None)
                 for table in self.tables:
                     table.drop(new)
                 raise
