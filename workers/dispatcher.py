@@ -25,6 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ledger.adapters.config import Settings
+from ledger.adapters.kafka import stop_consumer
 from ledger.adapters.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Dispatcher:
                             await consumer.commit({tp: record.offset + 1})
         finally:
             await producer.stop()
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     async def deliver(
         self, http: aiohttp.ClientSession, body: bytes, stop: asyncio.Event

@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 
 from ledger.adapters.config import Settings
 from ledger.adapters.durable import Copied, DurableStore
+from ledger.adapters.kafka import stop_consumer
 from ledger.adapters.process import configure_process
 
 log = logging.getLogger("ledger.mirror")
@@ -55,7 +56,7 @@ class Mirror:
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
-            await self.consumer.stop()
+            await stop_consumer(self.consumer)
         with contextlib.suppress(Exception):
             await self.admin.close()
 

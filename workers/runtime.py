@@ -34,7 +34,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from ledger.adapters.config import Settings
-from ledger.adapters.kafka import Outgoing, partition_for, send_sealed
+from ledger.adapters.kafka import Outgoing, partition_for, send_sealed, stop_consumer
 from ledger.adapters.membership import MemberFile, evict, member_id_of
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class Table:
                     self.partition_of[key] = partition
             return count
         finally:
-            await reader.stop()
+            await stop_consumer(reader)
 
     def _recovered(self, raw: bytes) -> Any:
         """What the table holds for a value read back from its changelog."""
@@ -448,7 +448,7 @@ class Processor:
                     log.warning("%s: commit failed (%r); the batch will be redone", self.name, exc)
         finally:
             self.consumer = None
-            await consumer.stop()
+            await stop_consumer(consumer)
             members.release()
 
 
@@ -545,7 +545,7 @@ async def read_since(
         await read_to_end(reader, ends, remaining, lambda tp, records: out.extend(records))
         return out, dict(ends)
     finally:
-        await reader.stop()
+        await stop_consumer(reader)
 
 
 async def send_all(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> list[Any]:
@@ -716,7 +716,7 @@ class RocksTable(JsonTable):
             await read_to_end(reader, ends, remaining, take)
             return count
         finally:
-            await reader.stop()
+            await stop_consumer(reader)
 
 
 def make_table(

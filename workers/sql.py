@@ -33,7 +33,7 @@ from aiokafka.errors import KafkaError
 
 from events import InvalidEvent, decode_recorded
 from ledger.adapters.config import Settings
-from ledger.adapters.kafka import ensure_ledger_topics
+from ledger.adapters.kafka import ensure_ledger_topics, stop_consumer
 from ledger.adapters.process import configure_process
 from ledger.adapters.sql import (
     Changes,
@@ -107,7 +107,7 @@ class SqlWriter:
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
-            await self.consumer.stop()
+            await stop_consumer(self.consumer)
 
     async def _resume(self) -> None:
         """Seek to the stored offsets, after checking they are this log's."""

@@ -34,7 +34,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from ledger.adapters.config import Settings
-from ledger.adapters.kafka import Outgoing, ensure_topics, resend_only_unwritten, send_sealed
+from ledger.adapters.kafka import (
+    Outgoing,
+    ensure_topics,
+    resend_only_unwritten,
+    send_sealed,
+    stop_consumer,
+)
 from ledger.adapters.topics import FOREVER, Topics
 
 JOURNAL_HEADER = "ledger-journal"
@@ -370,4 +376,4 @@ async def _commit(
         consumer.assign(list(tps))
         await consumer.commit(tps)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 
 from ledger.adapters.config import Settings
+from ledger.adapters.kafka import stop_consumer
 
 
 @dataclass
@@ -66,5 +67,5 @@ async def collect(
             if on_progress is not None:
                 on_progress(collected)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return collected

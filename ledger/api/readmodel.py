@@ -24,6 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.adapters.config import Settings
+from ledger.adapters.kafka import stop_consumer
 from ledger.adapters.topics import Topics
 from ledger.rules.policy import Policy
 from projections import views
@@ -435,7 +436,7 @@ class ReadModel:
                     refreshed = now
                     self._targets = dict(await consumer.end_offsets(partitions))
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
             for disk in self._disks:
                 disk.close()
 

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from ledger.adapters.config import Settings
+from ledger.adapters.kafka import stop_consumer
 from ledger.adapters.topics import Topics
 from workers.runtime import group_id
 
@@ -168,6 +169,6 @@ class _Clients:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.consumer.stop(), 5)
+            await asyncio.wait_for(stop_consumer(self.consumer), 5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.admin.close(), 5)

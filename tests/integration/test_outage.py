@@ -200,3 +200,32 @@ def test_ledger_publish_to_an_unreachable_broker(tmp_path: Path) -> None:
     assert len(lines) == 1 and nobody in lines[0] and "LEDGER_BROKER" in lines[0], done.stderr
     assert "Traceback" not in done.stderr and "nothing was published" in lines[0]
     assert took < 15, took
+
+
+async def test_a_consumer_stopped_while_the_broker_is_away_ends_its_task_normally(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiokafka's fetcher, closed while a fetch waits out its retry backoff, re-raises
+    that fetch's cancellation from `stop()`: a worker starting afresh after an outage
+    ended its processor's task as cancelled and exited with 1. `stop_consumer` stops it
+    and returns."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from ledger.adapters.kafka import ensure_topics, stop_consumer
+
+    broker = EmbeddedBroker(tmp_path / "tansu.log").start()
+    try:
+        await ensure_topics(broker.bootstrap, {"away": -1}, 1)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap, group_id=None, retry_backoff_ms=2000
+        )
+        await consumer.start()
+        consumer.assign([TopicPartition("away", 0)])
+        await consumer.getmany(timeout_ms=300)
+    finally:
+        broker.stop()
+    with caplog.at_level("ERROR", logger="aiokafka"):
+        while "Failed fetch messages" not in caplog.text:  # a fetch failed: it backs off
+            await consumer.getmany(timeout_ms=100)
+    await stop_consumer(consumer)  # raised CancelledError with `consumer.stop()`
+    assert not consumer._client._conns, "its connections are closed"  # noqa: SLF001
