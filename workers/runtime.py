@@ -306,6 +306,12 @@ class Processor:
         # heartbeat (a recovery longer than the session would have the process removed
         # from its group while it goes on as the partitions' owner)
         self.pending: set[int] = set()
+        # the fences passed (each commits what was handled before it), and whether what
+        # was handled since is still to commit: a batch that wrote, after a fence, leaves
+        # its own offsets to the next fence, or to the loop once the stream is idle, or to
+        # the revocation (one commit per batch, not two)
+        self.fences = 0
+        self.deferred = False
 
     async def caught_up(self) -> set[int]:
         """The assigned partitions whose every record has been handled (call under the
@@ -370,10 +376,21 @@ class Processor:
         }
         if consumer is None or not offsets:
             return
+        deferred = self.deferred
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             raise Fenced(f"{self.name}: no longer a member of its group's generation") from exc
+        self.fences += 1
+        if deferred:
+            self.deferred = False  # what was left to commit is, with these offsets
+
+    async def commit_deferred(self) -> None:
+        """Commit what was handled and left to a next fence (the stream idle, a stop, a
+        revocation); refused (a rebalance), it is redone by the owner, idempotently."""
+        if self.deferred:
+            with contextlib.suppress(Fenced, KafkaError):
+                await self.fence()
 
     async def handle_recovered(
         self, records: list[ConsumerRecord[bytes, bytes]]
@@ -422,10 +439,12 @@ class Processor:
                 try:
                     await self.settle(settings, bootstrap)
                     if not batches:
+                        await self.commit_deferred()
                         continue
                     records = [
                         r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]
                     ]
+                    fences = self.fences
                     done = await self.handle_recovered(records)
                 except (KafkaError, Fenced) as exc:  # redo the batch (idempotent)
                     if isinstance(exc, KafkaError) and not exc.retriable:
@@ -441,12 +460,16 @@ class Processor:
                 offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if tp in done}
                 if not offsets:
                     continue
+                if self.fences != fences:  # it wrote, fenced: the next fence commits it
+                    self.deferred = True
+                    continue
                 try:
                     await consumer.commit(offsets)
                 except (CommitFailedError, IllegalStateError) as exc:
                     # lost to a rebalance: the batch is redone, idempotently
                     log.warning("%s: commit failed (%r); the batch will be redone", self.name, exc)
         finally:
+            await self.commit_deferred()
             self.consumer = None
             await stop_consumer(consumer)
             members.release()
@@ -463,6 +486,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         gone = {tp.partition for tp in revoked}
         async with self.processor.lock:
+            await self.processor.commit_deferred()  # still a member until it rejoins
             for table in self.processor.tables:
                 table.drop(gone)
             self.processor.assigned -= gone

@@ -376,6 +376,17 @@ async def test_two_workers_give_the_same_answers(settings: Settings, workers: Wo
     await publish(settings, events)
     await wait_folded(settings, len(events), workers, timeout=180)
     await assert_lists_match(settings, folded)
+    # once the stream is idle, every stage has committed what it handled (a batch that
+    # wrote leaves its offsets to the next one's fence, or to the idle loop): no backlog
+    deadline = asyncio.get_running_loop().time() + 30
+    stream: dict[str, Any] = {}
+    while asyncio.get_running_loop().time() < deadline:
+        stream = (await get_json(settings, "/health"))["stream"]
+        if stream["status"] == "idle":
+            break
+        await asyncio.sleep(0.5)
+    assert stream["status"] == "idle", stream
+    assert set(stream["backlog"].values()) == {0}, stream
 
 
 async def test_rocksdb_store_recovers_after_a_restart(settings: Settings, workers: Workers) -> None:
