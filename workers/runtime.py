@@ -366,10 +366,11 @@ class Processor:
 
     async def fence(self) -> None:
         """Raise `Fenced` unless this process is still a member of its group's current
-        generation (call under the lock, right before writing outputs or state). It
-        commits the offsets already handled (true, so harmless), which the coordinator
-        refuses from a member it removed or while the group rebalances. Not in a group
-        (a handler driven directly): nothing to check."""
+        generation (call it under the lock, right before writing outputs or state). It
+        commits the offsets already handled (true, so harmless: a batch's own only once
+        the batch is written), which the coordinator refuses from a member it removed or
+        while the group rebalances. Not in a group (a handler driven directly): nothing
+        to check."""
         consumer = self.consumer
         offsets = {
             TopicPartition(self.topic, p): o for p, o in self.handled.items() if p in self.assigned
