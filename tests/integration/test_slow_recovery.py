@@ -56,6 +56,8 @@ async def test_a_recovery_longer_than_the_session_keeps_its_partitions(
 
     slow = SlowTable(settings.topic_prefix, "slow", 2)
     fast = Table(settings.topic_prefix, "fast", 2)
+    changelogs = {slow.topic: -1, fast.topic: -1}
+    await ensure_topics(settings.broker, changelogs, 2, settings.kafka_client_options())
     processors = [  # one consumer group (a processor's name is its group)
         Processor("shared", topic, handler(0), [slow]),
         Processor("shared", topic, handler(1), [fast]),
