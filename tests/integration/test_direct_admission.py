@@ -25,6 +25,7 @@ from ledger.adapters.reader import Collected, collect
 from ledger.adapters.topics import Topics
 from tests.factories import decision, intake, score
 from tests.integration.conftest import Workers
+from tests.integration.test_exactly_once import inbox_position
 from tests.integration.test_validator import publish
 from workers.runtime import read_since, send_all
 from workers.validator import Validator
@@ -270,11 +271,8 @@ async def test_a_paused_validator_writes_nothing_once_its_partitions_moved(
     finally:
         paused.send_signal(signal.SIGCONT)
     out = await collect(settings, settings.broker, outputs, lambda c: False, 5.0)  # any extra
-    judged = Counter(
-        (int(h["ledger-inbox-partition"]), int(h["ledger-inbox-offset"]))
-        for r in out.records[topics.events] + out.records[topics.rejected]
-        if (h := dict(r.headers))
-    )
+    verdicts = out.records[topics.events] + out.records[topics.rejected]
+    judged = Counter(inbox_position(r.headers) for r in verdicts)
     twice = sorted(at for at, n in judged.items() if n > 1)
     assert twice == [] and len(judged) == total, (twice, workers.logs())
     ids = Counter(orjson.loads(r.value)["event_id"] for r in out.records[topics.events])

@@ -35,6 +35,19 @@ async def publish_spread(settings: Settings, messages: list[tuple[bytes | None, 
         await send_sealed(publisher._producer, out)
 
 
+async def wait_held(settings: Settings, n: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """`GET /held` once it lists `n` events (or what it lists when `timeout` passes)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    held: list[dict[str, Any]] = []
+    while asyncio.get_running_loop().time() < deadline and len(held) < n:
+        try:
+            held = await get_json(settings, "/held")
+        except Exception:  # noqa: BLE001 - the API may not listen yet
+            held = []
+        await asyncio.sleep(0.3)
+    return held
+
+
 def _history() -> list[dict[str, Any]]:
     events = known_history(300)
     assert len({e["data"]["customer_id"] for e in events if e["type"] == "escalation"}) >= 4
@@ -79,14 +92,7 @@ async def test_an_event_whose_predecessor_never_comes_is_refused_when_its_grace_
     await publish(settings, orphans)
     workers.start()
     workers.start("ledger.api")
-    deadline = asyncio.get_running_loop().time() + 60
-    held: list[dict[str, Any]] = []
-    while asyncio.get_running_loop().time() < deadline and len(held) < 2:
-        try:
-            held = await get_json(settings, "/held")
-        except Exception:  # noqa: BLE001 - the API may not listen yet
-            held = []
-        await asyncio.sleep(0.3)
+    held = await wait_held(settings, 2)
     assert sorted(h["subject"] for h in held) == ["r:ORPHAN-1", "r:ORPHAN-2"]
     assert {h["reason"] for h in held} == {"unknown_request"}
     assert all(h["age_s"] >= 0 for h in held)
@@ -119,14 +125,7 @@ async def test_events_held_by_a_killed_worker_are_refused_by_the_next_when_their
     await publish(settings, orphans)
     first = workers.start()
     workers.start("ledger.api")
-    deadline = asyncio.get_running_loop().time() + 60
-    held: list[dict[str, Any]] = []
-    while asyncio.get_running_loop().time() < deadline and len(held) < 2:
-        try:
-            held = await get_json(settings, "/held")
-        except Exception:  # noqa: BLE001 - the API may not listen yet
-            held = []
-        await asyncio.sleep(0.3)
+    held = await wait_held(settings, 2)
     assert len(held) == 2, workers.logs()
     first.kill()  # SIGKILL, holding both
     first.wait()
