@@ -377,14 +377,14 @@ class Processor:
         }
         if consumer is None or not offsets:
             return
-        deferred = self.deferred
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             raise Fenced(f"{self.name}: no longer a member of its group's generation") from exc
         self.fences += 1
-        if deferred:
-            self.deferred = False  # what was left to commit is, with these offsets
+        # everything handled is committed now: `handled` moves only in a batch, under the
+        # lock or in the loop that calls this when idle, never during the commit
+        self.deferred = False
 
     async def commit_deferred(self) -> None:
         """Commit what was handled and left to a next fence (the stream idle, a stop, a

@@ -160,9 +160,8 @@ async def test_validators_sharing_partitions_judge_each_message_once(
         settings, settings.broker, [topics.inbox], lambda c: c.total() >= total, 60
     )
     verdicts = [  # each verdict with the inbox position it names
-        ((int(h["ledger-inbox-partition"]), int(h["ledger-inbox-offset"])), r)
+        (inbox_position(r.headers), r)
         for r in out.records[topics.events] + out.records[topics.rejected]
-        if (h := dict(r.headers))
     ]
     judged = [at for at, _ in verdicts]
     twice = {at for at, n in Counter(judged).items() if n > 1}
