@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
-from heapq import merge
+from datetime import UTC, date, datetime, timedelta
+from heapq import heappop, heappush, merge
 from itertools import groupby, islice
 from typing import Any, NamedTuple
 
 import orjson
 from sortedcontainers import SortedList
 
-from ledger.rules.calendar import BusinessCalendar, Unit
+from ledger.rules.calendar import BusinessCalendar, Unit, instant_key
 from ledger.rules.policy import Policy
 from projections.metricsindex import policy_tag
 from projections.state import RequestState, newest_of, record_head, with_field
@@ -43,7 +43,7 @@ class Entry:
     kind: str
     title: str
     stage: str  # intake, scored or decided
-    opened: str  # the decision clock's start, as the pipeline shows and sorts it
+    opened: str  # the decision clock's start, as the pipeline shows it
     decision_due: datetime | None  # open: when it becomes overdue
     hold_due: datetime | None  # a standing hold: when it becomes overdue
     revisit_on: date | None  # a standing conditional no or hold: its revisit date
@@ -52,6 +52,7 @@ class Entry:
     # its latest score's adjusted F.A.I.R. score and recommendation, as the projector
     # wrote them into its record (`with_assessment`); None: not there, read the state
     assessed: tuple[float | None, str | None] | None = None
+    opened_key: int = 0  # the decision clock's start as the pipeline sorts it (`instant_key`)
 
     def pipeline_row(self, as_of: datetime, cal: BusinessCalendar) -> Row | None:
         """Its row of the pipeline (`views.pipeline`'s), None: not open, or not assessed."""
@@ -135,7 +136,7 @@ def entry_of(
         title=intake["title"], stage=stage, opened=started.isoformat(),
         decision_due=decision_due, hold_due=hold_due, revisit_on=revisit_on,
         review_on=review_on, newest_at=newest,
-        assessed=None if tag is None else _assessed(s, tag),
+        assessed=None if tag is None else _assessed(s, tag), opened_key=instant_key(started),
     )  # fmt: skip
 
 
@@ -150,9 +151,10 @@ class ListIndex:
         self.entries: dict[str, Entry] = {}
         # sorted lists of (key, request_id), each kept in order as entries change: a
         # SortedList adds and removes in O(log n) (a list's insort moved every later item:
-        # a fifth of the API's CPU at 1 M events)
-        self.open: Sorted = SortedList()  # (opened, request_id): the pipeline's order
-        self.decision_due: Sorted = SortedList()  # (datetime, request_id)
+        # a fifth of the API's CPU at 1 M events); instants as `instant_key`s, which
+        # compare as fast whatever offsets the requests' CRMs wrote
+        self.open: Sorted = SortedList()  # (opened_key, request_id): the pipeline's order
+        self.decision_due: Sorted = SortedList()  # (instant_key, request_id)
         self.hold_due: Sorted = SortedList()
         self.revisit_on: Sorted = SortedList()  # (date, request_id)
         self.review_on: Sorted = SortedList()
@@ -205,13 +207,13 @@ class ListIndex:
 
     def _lists(self, e: Entry, act: Any) -> None:
         if e.stage != "decided":
-            act(self.open, (e.opened, e.request_id))
-        for items, value in (
-            (self.decision_due, e.decision_due), (self.hold_due, e.hold_due),
-            (self.revisit_on, e.revisit_on), (self.review_on, e.review_on),
-        ):  # fmt: skip
-            if value is not None:
-                act(items, (value, e.request_id))
+            act(self.open, (e.opened_key, e.request_id))
+        for items, at in ((self.decision_due, e.decision_due), (self.hold_due, e.hold_due)):
+            if at is not None:
+                act(items, (instant_key(at), e.request_id))
+        for days, day in ((self.revisit_on, e.revisit_on), (self.review_on, e.review_on)):
+            if day is not None:
+                act(days, (day, e.request_id))
 
     def covers(self, as_of: datetime) -> bool:
         """Whether the lists hold as of `as_of`: no event the index holds is later."""
@@ -256,12 +258,18 @@ class ListIndex:
         rows costs about k (plus the ties at the k-th), not the whole list."""
         cal = calendar_of(self.policy)
 
-        def due(reason: str, items: Sorted) -> Iterator[Overdue]:
-            # strictly after the deadline: a prefix of the list sorted by deadline
-            for at, request_id in islice(items, _count_before(items, as_of)):
-                if as_of > at:
-                    over = days_over(cal, at, as_of, self.unit)
-                    yield Overdue(-over, request_id, reason, at)
+        def due(reason: str, items: Sorted, field: str) -> Iterator[Overdue]:
+            # strictly after the deadline: a prefix of the list sorted by deadline (the
+            # deadline itself, in its own offset, is the entry's)
+            for _, request_id in islice(items, _count_before(items, as_of)):
+                at = getattr(self.entries[request_id], field)
+                over = days_over(cal, at, as_of, self.unit)
+                yield Overdue(-over, request_id, reason, at)
+
+        def due_in_order(reason: str, items: Sorted, field: str) -> Iterator[Overdue]:
+            if self.unit != "business":  # calendar days: fewer the later the deadline
+                return due(reason, items, field)
+            return _in_local_day_order(due(reason, items, field), cal, as_of)
 
         def dated(reason: str, days: Sorted) -> Iterator[Overdue]:
             for day, request_id in islice(days, days.bisect_left((as_of.date(), ""))):
@@ -269,7 +277,8 @@ class ListIndex:
                     yield Overdue(-over, request_id, reason, since)
 
         streams = [
-            due("decision_overdue", self.decision_due), due("hold_overdue", self.hold_due),
+            due_in_order("decision_overdue", self.decision_due, "decision_due"),
+            due_in_order("hold_overdue", self.hold_due, "hold_due"),
             dated("revisit_overdue", self.revisit_on),
             dated("pilot_review_overdue", self.review_on),
         ]  # fmt: skip
@@ -298,9 +307,30 @@ def _ties_sorted(stream: Iterator[Overdue]) -> Iterator[Overdue]:
         yield from sorted(ties)
 
 
+def _in_local_day_order(
+    stream: Iterator[Overdue], cal: BusinessCalendar, as_of: datetime
+) -> Iterator[Overdue]:
+    """Rows of deadlines in instant order, yielded in the list's order (most overdue
+    first, then by request). In business days a row's overdue days count from its
+    deadline's date in the deadline's own offset, which is at most a day off the date in
+    UTC that instant order follows: with CRMs in several offsets, a later deadline can be
+    more overdue. So rows wait in a heap until no later deadline can be as overdue (its
+    local date is at least the day before the UTC date reached): still lazy, a page
+    costs its rows and a day's worth more."""
+    waiting: list[Overdue] = []
+    for row in stream:
+        heappush(waiting, row)
+        earliest_local = row.since.astimezone(UTC).date() - timedelta(days=1)
+        most_to_come = -float(cal.business_days_between(earliest_local, as_of.date()))
+        while waiting and waiting[0].minus_days < most_to_come:
+            yield heappop(waiting)
+    while waiting:
+        yield heappop(waiting)
+
+
 def _count_before(items: Sorted, as_of: datetime) -> int:
     """How many entries fall due before `as_of` (every request id sorts after "")."""
-    return int(items.bisect_left((as_of, "")))
+    return int(items.bisect_left((instant_key(as_of), "")))
 
 
 def _remove(items: Sorted, item: Any) -> None:

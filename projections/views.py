@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple
 
-from ledger.rules.calendar import BusinessCalendar, Unit
+from ledger.rules.calendar import BusinessCalendar, Unit, instant_key
 from ledger.rules.policy import Policy, assess
 from projections.metricsindex import Totals, part_of
 from projections.state import CustomerState, RequestFacts, RequestState, request_as_of
@@ -60,7 +60,8 @@ def pipeline(
     kind: str | None = None,
     stage: str | None = None,
 ) -> list[Row]:
-    """Open requests (undecided, or reopened), oldest first."""
+    """Open requests (undecided, or reopened), oldest first (by the instant their
+    decision clock started, whatever its offset; ties by request)."""
     cal = calendar_of(policy)
     rows = []
     for s in each_known_request(states, as_of):
@@ -76,7 +77,16 @@ def pipeline(
         row = pipeline_row(s.request_id, i.kind, i.title, i.owner, s.stage, started, as_of,
                            cal, adjusted, recommendation)  # fmt: skip
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["opened_at"], r["request_id"]))
+    return sorted(rows, key=pipeline_order)
+
+
+def pipeline_order(row: Row) -> tuple[int, str]:
+    """A pipeline row's place: its decision clock's start as an instant (`opened_at`'s
+    text in different offsets does not sort as the instants do), then its request."""
+    opened = row.get("opened_key")  # an index's order carries it (ledger.api.app)
+    if opened is None:
+        opened = instant_key(datetime.fromisoformat(row["opened_at"]))
+    return (opened, row["request_id"])
 
 
 def pipeline_row(

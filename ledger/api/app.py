@@ -283,10 +283,11 @@ class _OpenOrder:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self.ids is None:  # a copy: the index changes while a whole list is built
             for opened, request_id in list(self.index.open):
-                yield {"opened_at": opened, "request_id": request_id}
+                yield {"opened_key": opened, "request_id": request_id}
             return
+        entries = self.index.entries
         for request_id in self.ids:
-            yield {"opened_at": self.index.entries[request_id].opened, "request_id": request_id}
+            yield {"opened_key": entries[request_id].opened_key, "request_id": request_id}
 
 
 class _OverdueOrder:
@@ -343,7 +344,7 @@ async def _stream_json(
 
 # each list's order (CONTRACT 5), as a key: a cursor continues after the last row's key
 def _pipeline_key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["opened_at"], r["request_id"])
+    return views.pipeline_order(r)  # the instant the clock started, not its text
 
 
 def _overdue_key(r: dict[str, Any]) -> tuple[Any, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from events import from_mapping
@@ -21,6 +21,12 @@ NAMESPACE = uuid.UUID("0b9f6c1e-5d0e-4c2a-9a57-3f1d2b7c9e01")
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 OWNERS = ["m.okafor", "a.lindqvist", "j.kowalska", "r.haddad", "s.brandt"]
 SOURCES = ["hubspot-emea", "salesforce-na", "pipedrive-apac"]
+# each CRM's local offset, as a CRM writes its instants (`generate(regional=True)`)
+SOURCE_OFFSETS = {
+    "hubspot-emea": timezone(timedelta(hours=1)),
+    "salesforce-na": timezone(timedelta(hours=-5)),
+    "pipedrive-apac": timezone(timedelta(hours=8)),
+}
 PARTNERS = [
     "northwind",
     "initech",
@@ -123,9 +129,11 @@ def _later(rng: random.Random, at: datetime, lo: float, hi: float) -> datetime:
 
 
 def generate(
-    requests: int = 300, until: datetime | None = None, seed: int = 7
+    requests: int = 300, until: datetime | None = None, seed: int = 7, regional: bool = False
 ) -> list[dict[str, Any]]:
-    """Events (as JSON-able dicts), in time order, all valid and lifecycle-consistent."""
+    """Events (as JSON-able dicts), in time order, all valid and lifecycle-consistent.
+    Instants are in UTC; `regional`: each event's in its source CRM's local offset (the
+    same instants), as CRMs send them."""
     until = until or datetime(2026, 6, 30, 9, 0, tzinfo=UTC)
     rng = random.Random(seed)  # noqa: S311 - sample data, not secrets
     w = _Writer(rng, until)
@@ -135,6 +143,12 @@ def generate(
         _request(w, rng, f"REQ-{2000 + i}", opened)
     _escalations(w, rng)
     w.events.sort(key=lambda e: e["occurred_at"])
+    if regional:
+        for event in w.events:
+            zone = SOURCE_OFFSETS.get(event["source"])
+            if zone is not None:
+                local = datetime.fromisoformat(event["occurred_at"]).astimezone(zone)
+                event["occurred_at"] = local.isoformat()
     return w.events
 
 

@@ -18,13 +18,15 @@ POLICY = Policy()
 UNTIL = datetime.fromisoformat("2026-06-30T09:00:00+00:00")
 
 
+@pytest.mark.parametrize("regional", [False, True], ids=["utc", "crm-offsets"])
 @pytest.mark.parametrize("unit", ["calendar", "business"])
-def test_the_index_kept_as_states_change_answers_like_the_views(unit: str) -> None:
+def test_the_index_kept_as_states_change_answers_like_the_views(unit: str, regional: bool) -> None:
     """Every state change is put into the index as the log folds (so entries are
-    replaced and moved between lists), then the lists are read at several instants."""
+    replaced and moved between lists), then the lists are read at several instants;
+    with instants in UTC, and in each CRM's own offset."""
     index = ListIndex(POLICY, 10, unit)  # type: ignore[arg-type]
     folded = Folded()
-    for raw in generate(requests=250, until=UNTIL, seed=13):
+    for raw in generate(requests=250, until=UNTIL, seed=13, regional=regional):
         event = from_mapping(raw)
         folded.apply(event)
         if event.type != "escalation":
@@ -93,3 +95,23 @@ def test_pipeline_rows_read_off_the_entries_are_the_views_rows() -> None:
     for i in (elsewhere, plain):
         assert all(e.assessed is None for e in i.entries.values())
         assert all(e.pipeline_row(UNTIL, cal) is None for e in i.entries.values())
+
+
+def test_the_pipeline_is_oldest_first_whatever_offsets_the_crms_wrote() -> None:
+    """The pipeline sorted its rows by `opened_at`'s text: with CRMs in several offsets
+    that is not oldest first (09:00+01:00 is before 08:30+00:00). The views and the
+    index sort by the instant, and keep each row's own offset in what they show."""
+    folded = Folded()
+    for raw in generate(requests=250, until=UNTIL, seed=13, regional=True):
+        folded.apply(from_mapping(raw))
+    states = list(folded.requests.values())
+    rows = pipeline(states, UNTIL, POLICY)
+    opened = [datetime.fromisoformat(r["opened_at"]) for r in rows]
+    assert len({at.utcoffset() for at in opened}) == 3  # the three CRMs' offsets, as written
+    assert opened == sorted(opened) and [r["opened_at"] for r in rows] != sorted(
+        r["opened_at"] for r in rows
+    )  # the text's order is another
+    index = ListIndex(POLICY, 10, "calendar")
+    for s in states:
+        index.put(s.request_id, s.model_dump_json().encode())
+    assert index.open_requests() == [r["request_id"] for r in rows]
