@@ -195,6 +195,8 @@ async def _listing(
 
             def before_or_at(row: dict[str, Any]) -> bool:
                 k = key(row)
+                if not _same_shape(k, after):
+                    raise TypeError("a cursor of another list")
                 return (k >= after) if newest_first else (k <= after)
 
             remaining = dropwhile(before_or_at, remaining)
@@ -303,6 +305,26 @@ class _OverdueOrder:
         for o in self.index.iter_overdue(self.as_of):
             yield {"days_overdue": -o.minus_days, "request_id": o.request_id,
                    "reason": o.reason, "_at": o}  # fmt: skip
+
+
+def _same_shape(key: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
+    """Whether a cursor's key is of the list's kind, part for part (numbers as numbers,
+    flags as flags, text as text): a key of another list may still compare."""
+    if len(key) != len(after):
+        return False
+    for mine, given in zip(key, after, strict=True):
+        if isinstance(mine, bool) or isinstance(given, bool):
+            if type(mine) is not type(given):
+                return False
+        elif isinstance(mine, int | float):
+            if not isinstance(given, int | float):
+                return False
+        elif isinstance(mine, tuple):
+            if not (isinstance(given, tuple) and _same_shape(mine, given)):
+                return False
+        elif type(mine) is not type(given):
+            return False
+    return True
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:
