@@ -38,6 +38,7 @@ from projections.views import (
     known_requests,
     percentile,
     support_asks,
+    text_instant_key,
 )
 
 Row = dict[str, Any]
@@ -208,7 +209,9 @@ def nos_and_whys(
         },
         "revisits": _revisits(states, start, end),
         "pilots": _pilots(states, start, end, policy),
-        "overrides": sorted(overrides, key=lambda r: (r["decided_at"], r["request_id"])),
+        "overrides": sorted(
+            overrides, key=lambda r: (text_instant_key(r["decided_at"]), r["request_id"])
+        ),
         "flagged_customers": [
             {
                 "customer_id": row["customer_id"],

@@ -85,8 +85,21 @@ def pipeline_order(row: Row) -> tuple[int, str]:
     text in different offsets does not sort as the instants do), then its request."""
     opened = row.get("opened_key")  # an index's order carries it (ledger.api.app)
     if opened is None:
-        opened = instant_key(datetime.fromisoformat(row["opened_at"]))
+        opened = text_instant_key(row["opened_at"])
     return (opened, row["request_id"])
+
+
+NOT_AN_INSTANT = -(1 << 62)  # sorts before every instant
+
+
+def text_instant_key(text: Any) -> int:
+    """`instant_key` of an RFC 3339 text with its offset: how lists order instants they
+    hold as text (texts in different offsets do not sort as their instants do); one
+    that is not such a text (an alert read off the topic, say) sorts first."""
+    try:
+        return instant_key(datetime.fromisoformat(text))
+    except (TypeError, ValueError, OverflowError):
+        return NOT_AN_INSTANT
 
 
 def pipeline_row(

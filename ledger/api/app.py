@@ -382,7 +382,7 @@ def _partner_key(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _alert_key(r: dict[str, Any]) -> tuple[Any, ...]:  # newest first: descending
-    return (str(r.get("raised_at", "")), str(r.get("alert_id", "")))
+    return (views.text_instant_key(r.get("raised_at")), str(r.get("alert_id", "")))
 
 
 def _held_key(r: dict[str, Any]) -> tuple[Any, ...]:

@@ -355,13 +355,14 @@ class ReadModel:
         return state
 
     def recent_alerts(self, webhooks: list[str]) -> list[dict[str, Any]]:
-        """Alerts, newest first (by `raised_at`, then `alert_id`: the same order whatever
+        """Alerts, newest first (by `raised_at` as an instant, whatever its offset, then
+        `alert_id`: the same order whatever
         order the alert topic's partitions were read in), each with its delivery status
         per webhook."""
         rows = []
         newest_first = sorted(
             self.alerts.values(),
-            key=lambda a: (str(a.get("raised_at", "")), str(a.get("alert_id", ""))),
+            key=lambda a: (views.text_instant_key(a.get("raised_at")), str(a.get("alert_id", ""))),
             reverse=True,
         )
         for alert in newest_first:

@@ -34,6 +34,7 @@ from ledger.entrypoints.query import QueryError, decode, fetch, render
 from ledger.entrypoints.runner import running_ledger
 from ledger.rules.policy import load_policy
 from projections.alerts import alerts_of_log
+from projections.views import text_instant_key
 
 DEMO_CLOCK = datetime(2026, 6, 30, 9, 0, tzinfo=UTC)
 DEMO_GRACE_S = 3.0
@@ -285,7 +286,7 @@ def _alerts(console: Console, alerts: list[Any], expected: int) -> None:
         + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
         + "); on ledger.alerts and, with LEDGER_ALERT_WEBHOOKS, POSTed to each webhook"
     )
-    newest = sorted(alerts, key=lambda a: a["raised_at"], reverse=True)
+    newest = sorted(alerts, key=lambda a: text_instant_key(a["raised_at"]), reverse=True)
     shown = sorted(newest, key=lambda a: a["kind"] != "customer_abuse_flagged")
     if len(shown) > 12:
         console.print(f"[dim]alerts: the first 12 of {len(shown)}[/]")

@@ -239,3 +239,16 @@ def test_a_walk_over_every_state_parses_as_it_goes(monkeypatch: pytest.MonkeyPat
     gone = next(iter(folded.requests))
     model._apply(model.requests_topic, [Record(gone.encode(), None)])  # noqa: SLF001
     assert gone not in {s.request_id for s in walk}  # a second pass reads afresh
+
+
+def test_alerts_are_newest_first_by_instant_whatever_their_offsets() -> None:
+    """An alert's `raised_at` carries the offset of the event that raised it: sorted as
+    text, 10:00+08:00 (02:00Z) came before 09:00Z among the newest."""
+    model = ReadModel(Settings(), "127.0.0.1:1")
+    raised = ["2026-03-02T10:00:00+08:00", "2026-03-02T09:00:00+00:00",
+              "2026-03-02T05:00:00-05:00", "not an instant"]  # fmt: skip
+    for n, at in enumerate(raised):
+        model.alerts[f"a{n}"] = {"alert_id": f"a{n}", "raised_at": at}
+    newest = [a["raised_at"] for a in model.recent_alerts([])]
+    assert newest == ["2026-03-02T05:00:00-05:00", "2026-03-02T09:00:00+00:00",
+                      "2026-03-02T10:00:00+08:00", "not an instant"]  # fmt: skip

@@ -119,3 +119,21 @@ def test_stops_are_counted_by_rule_in_words() -> None:
         "ICP overlap below 40%": 2,
         "red flag: no reference customer": 1,
     }
+
+
+def test_the_months_overrides_are_in_the_order_they_were_decided_across_offsets() -> None:
+    """Overrides were sorted by `decided_at`'s text: with CRMs writing their own offsets
+    that is not the order of the decisions (10:00+08:00, 02:00Z, came after 09:00Z)."""
+    events = []
+    for request, at in (
+        ("R-late", "2026-03-10T09:00:00Z"),
+        ("R-early", "2026-03-10T10:00:00+08:00"),
+    ):
+        events += [intake(request), score(request), decision(request, "decline", at=at)]
+    folded = fold(from_mapping(e) for e in events)
+    report = nos_and_whys(folded.requests.values(), folded.customers.values(), "2026-03", POLICY)
+    assert [r["request_id"] for r in report["overrides"]] == ["R-early", "R-late"]
+    assert [r["decided_at"] for r in report["overrides"]] == [
+        "2026-03-10T10:00:00+08:00",
+        "2026-03-10T09:00:00+00:00",
+    ]  # each as its CRM wrote it
