@@ -45,15 +45,17 @@ def shipped(state: RequestState, policy: Policy | None = None) -> bytes:
     return with_part(state.model_dump_json().encode(), part_of(state, policy), policy_tag(policy))
 
 
+@pytest.mark.parametrize("regional", [False, True], ids=["utc", "crm-offsets"])
 @pytest.mark.parametrize("with_parts", [True, False], ids=["parts-shipped", "parts-taken-here"])
-def test_totals_kept_as_states_change_equal_a_refold(with_parts: bool) -> None:
+def test_totals_kept_as_states_change_equal_a_refold(with_parts: bool, regional: bool) -> None:
     """Every state change goes to the read model as the changelog would carry it, and the
     metrics are asked midway, so parts are taken, then taken away and replaced; with the
     parts the projector writes into its records, and without (records of an older
-    version: the read model takes each part from the state itself)."""
+    version: the read model takes each part from the state itself); with instants in UTC
+    and in each CRM's own offset."""
     model = ReadModel(Settings(), "127.0.0.1:1")
     folded = Folded()
-    raws = generate(requests=300, until=UNTIL, seed=5)
+    raws = generate(requests=300, until=UNTIL, seed=5, regional=regional)
     for n, raw in enumerate(raws):
         event = from_mapping(raw)
         folded.apply(event)
