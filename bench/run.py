@@ -265,8 +265,7 @@ def table(n_requests: int, n: int, results: dict[str, Any], regional: bool = Fal
         BEGIN,
         f"Last `make bench`: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; {versions()}.",
         f"{n_requests:,} requests = {n:,} events (generated history, keyed by subject; "
-        + ("each event in its CRM's own offset)." if regional else "instants in UTC).")
-        + "",
+        + ("each event in its CRM's own offset)." if regional else "instants in UTC)."),
         "",
         "| what (same data, same run) | throughput | against the target (25 k/s) |",
         "|---|---|---|",

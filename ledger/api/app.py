@@ -319,9 +319,6 @@ def _same_shape(key: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
         elif isinstance(mine, int | float):
             if not isinstance(given, int | float):
                 return False
-        elif isinstance(mine, tuple):
-            if not (isinstance(given, tuple) and _same_shape(mine, given)):
-                return False
         elif type(mine) is not type(given):
             return False
     return True

@@ -356,9 +356,8 @@ class ReadModel:
 
     def recent_alerts(self, webhooks: list[str]) -> list[dict[str, Any]]:
         """Alerts, newest first (by `raised_at` as an instant, whatever its offset, then
-        `alert_id`: the same order whatever
-        order the alert topic's partitions were read in), each with its delivery status
-        per webhook."""
+        `alert_id`: the same order whatever order the alert topic's partitions were read
+        in), each with its delivery status per webhook."""
         rows = []
         newest_first = sorted(
             self.alerts.values(),
