@@ -1,7 +1,7 @@
 """Queries at scale (issue 11): the API's routes with 10 concurrent clients, and the peak
 memory of each process, on embedded Tansu.
 
-    python -m bench.queries [--requests 100000] [--clients 10]
+    python -m bench.queries [--requests 100000] [--clients 10] [--regional]
 
 `--requests` requests of generated history (about 3.1 events each, 5 k customers at
 100 k) go through the whole ledger as `ledger up` runs it (a validator process, a
@@ -119,9 +119,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(settings: Settings, requests: int, clients: int, only: str | None = None) -> None:
+async def run(
+    settings: Settings,
+    requests: int,
+    clients: int,
+    only: str | None = None,
+    regional: bool = False,
+) -> None:
     assert settings.broker is not None
-    events = generate(requests=requests, until=UNTIL, seed=42)
+    events = generate(requests=requests, until=UNTIL, seed=42, regional=regional)
     print(f"{requests:,} requests = {len(events):,} events")
     validator, projector = start_stages(settings, settings.broker)
     api = start_api(settings, settings.broker)
@@ -185,6 +191,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--only", help="ask only this route (one of the list, as written)")
+    parser.add_argument(
+        "--regional", action="store_true", help="each event in its CRM's own offset"
+    )
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # a URL: be `probe_health`
     args = parser.parse_args()
     if args.probe:
@@ -201,7 +210,7 @@ def main() -> None:
             api_url=f"http://127.0.0.1:{port}",
             clock=UNTIL.isoformat(),
         )
-        asyncio.run(run(settings, args.requests, args.clients, args.only))
+        asyncio.run(run(settings, args.requests, args.clients, args.only, args.regional))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Replay and cold start (issue 11, targets 2 and 5), on embedded Tansu.
 
     python -m bench.replay [--requests 100000] [--store memory|rocksdb] [--projectors 1]
+                           [--regional]
 
 `--requests` requests of generated history are written straight to `ledger.events` (as
 the validator records them: keyed by subject), so nothing but the projection works:
@@ -53,9 +54,11 @@ async def same_metrics(settings: Settings, want: object) -> bool:
         return bool(orjson.loads(await r.read()) == want)
 
 
-async def run(settings: Settings, requests: int, projectors: int = 1) -> None:
+async def run(
+    settings: Settings, requests: int, projectors: int = 1, regional: bool = False
+) -> None:
     assert settings.broker is not None
-    raw = generate(requests=requests, until=UNTIL, seed=42)
+    raw = generate(requests=requests, until=UNTIL, seed=42, regional=regional)
     records = [(subject_of(from_mapping(e)).encode(), orjson.dumps(e)) for e in raw]
     n = len(records)
     want = orjson.loads(orjson.dumps(metrics(fold(from_mapping(e) for e in raw).requests.values(),
@@ -120,6 +123,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--store", choices=("memory", "rocksdb"), default="memory")
     parser.add_argument("--projectors", type=int, default=1, help="projector processes")
+    parser.add_argument(
+        "--regional", action="store_true", help="each event in its CRM's own offset"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         port = free_port()
@@ -133,7 +139,7 @@ def main() -> None:
             clock=UNTIL.isoformat(),
             store=args.store,
         )
-        asyncio.run(run(settings, args.requests, args.projectors))
+        asyncio.run(run(settings, args.requests, args.projectors, args.regional))
 
 
 if __name__ == "__main__":
