@@ -26,7 +26,7 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy events ledger projections workers
+	$(BIN)/mypy events ledger projections workers bench
 
 # The Quix Streams peer of `make bench` lives in its own venv: it pins its own pydantic
 QUIX := .venv-quix/.installed
@@ -36,13 +36,14 @@ $(QUIX): pyproject.toml
 	.venv-quix/bin/python -m pip install --quiet --no-deps -e .
 	touch $(QUIX)
 
-# the ledger against a Quix Streams peer and a bare consumer; rewrites bench/README.md's table
+# the ledger against a Quix Streams peer and a bare consumer, then every other target of
+# issue 11 (queries, replay, memory, cold start, alerts); rewrites bench/README.md's table
 bench: $(STAMP) $(QUIX)
-	$(BIN)/python -m bench.run --write
+	$(BIN)/python -m bench.run --targets --write
 
-# the same at ~1 M events
+# the same at ~1 M events (replays at ~1 M on RocksDB and on the memory store)
 bench-full: $(STAMP) $(QUIX)
-	$(BIN)/python -m bench.run --requests 320000 --write
+	$(BIN)/python -m bench.run --full --targets --write
 
 clean:
 	rm -rf $(VENV) .venv-quix .ledger .pytest_cache .mypy_cache .ruff_cache

@@ -65,8 +65,11 @@ def intake(request_id: str, first_contact: datetime) -> tuple[bytes, bytes]:
     return request_id.encode(), orjson.dumps(payload)
 
 
-async def run(settings: Settings, receiver: Receiver, crossings: int, load: int) -> None:
+async def run(settings: Settings, receiver: Receiver, crossings: int, load: int) -> dict[str, Any]:
+    """Each crossing's latency in seconds (None: no alert within the wait), against the
+    bound (one interval + 1 s)."""
     assert settings.broker is not None
+    latencies: list[float | None] = []
     validator, projector = start_stages(settings, settings.broker)
     api = start_api(settings, settings.broker)
     try:
@@ -94,11 +97,13 @@ async def run(settings: Settings, receiver: Receiver, crossings: int, load: int)
             await asyncio.sleep(0.1)
         bound = settings.alert_interval + 1
         for request_id, crossing in sorted(due.items(), key=lambda kv: kv[1]):
-            at = found.get(request_id)
-            if at is None:
+            posted = found.get(request_id)
+            if posted is None:
+                latencies.append(None)
                 print(f"  {request_id}: no alert within the wait")
                 continue
-            latency = at - crossing.timestamp()
+            latency = posted - crossing.timestamp()
+            latencies.append(latency)
             verdict = "within" if latency <= bound else "OVER"
             print(
                 f"  {request_id}: POSTed {latency:5.2f} s after the crossing ({verdict} {bound} s)"
@@ -106,9 +111,11 @@ async def run(settings: Settings, receiver: Receiver, crossings: int, load: int)
     finally:
         for process in (validator, projector, api):
             stop_process(process)
+    return {"latencies": latencies, "bound": settings.alert_interval + 1,
+            "interval": settings.alert_interval, "load": load}  # fmt: skip
 
 
-async def main_async(args: argparse.Namespace, tmp: Path, bootstrap: str) -> None:
+async def main_async(args: argparse.Namespace, tmp: Path, bootstrap: str) -> dict[str, Any]:
     receiver = Receiver()
     runner = await receiver.start()
     port = free_port()
@@ -125,9 +132,16 @@ async def main_async(args: argparse.Namespace, tmp: Path, bootstrap: str) -> Non
     print(f"{args.crossings} crossings, alert interval {args.interval} s, {args.load:,} events "
           "of load meanwhile")  # fmt: skip
     try:
-        await run(settings, receiver, args.crossings, args.load)
+        return await run(settings, receiver, args.crossings, args.load)
     finally:
         await runner.cleanup()
+
+
+def measure(crossings: int = 6, interval: float = 5.0, load: int = 60_000) -> dict[str, Any]:
+    """`run` on a broker of its own (embedded Tansu in a temporary directory)."""
+    args = argparse.Namespace(crossings=crossings, interval=interval, load=load)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
+        return asyncio.run(main_async(args, Path(tmp), broker.bootstrap))
 
 
 def main() -> None:
@@ -136,8 +150,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--load", type=int, default=60_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
-        asyncio.run(main_async(args, Path(tmp), broker.bootstrap))
+    measure(args.crossings, args.interval, args.load)
 
 
 if __name__ == "__main__":

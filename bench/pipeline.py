@@ -50,11 +50,12 @@ def history(events: int, tag: str) -> list[tuple[bytes, bytes]]:
     for i in range(events // 3 + 1):
         request = f"B{tag}{i}"
         base = {"schema_version": 1, "source": "bench"}
-        for minute, (kind, data) in enumerate((
+        steps: tuple[tuple[str, dict[str, Any]], ...] = (
             ("intake", {"kind": "vendor_support", "title": "t", "owner": "o"}),
             ("score", {"fit": 4, "advantage": 4, "integrity": 4, "readiness": 4}),
             ("decision", {"outcome": "decline", "rationale": "r"}),
-        )):  # fmt: skip
+        )
+        for minute, (kind, data) in enumerate(steps):
             payload = {
                 **base,
                 "occurred_at": f"2026-03-02T09:0{minute}:00Z",

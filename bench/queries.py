@@ -1,7 +1,8 @@
 """Queries at scale (issue 11): the API's routes with 10 concurrent clients, and the peak
 memory of each process, on embedded Tansu.
 
-    python -m bench.queries [--requests 100000] [--clients 10] [--regional]
+    python -m bench.queries [--requests 100000] [--clients 10] [--store memory|rocksdb]
+                            [--regional]
 
 `--requests` requests of generated history (about 3.1 events each, 5 k customers at
 100 k) go through the whole ledger as `ledger up` runs it (a validator process, a
@@ -24,6 +25,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -110,7 +112,7 @@ class Probe:
 
     async def __aexit__(self, *_: object) -> None:
         self.process.send_signal(signal.SIGTERM)
-        out, _ = await self.process.communicate()
+        out, _unused = await self.process.communicate()
         self.times, self.not_ok = orjson.loads(out)
 
 
@@ -125,8 +127,11 @@ async def run(
     clients: int,
     only: str | None = None,
     regional: bool = False,
-) -> None:
+) -> dict[str, Any]:
+    """The figures (`measure`'s): each route's latencies with the /health probe's
+    meanwhile, each process's peak RSS, and whether the read model equals the fold."""
     assert settings.broker is not None
+    result: dict[str, Any] = {"routes": {}, "rss": {}}
     events = generate(requests=requests, until=UNTIL, seed=42, regional=regional)
     print(f"{requests:,} requests = {len(events):,} events")
     validator, projector = start_stages(settings, settings.broker)
@@ -137,7 +142,8 @@ async def run(
             messages = [(subject_of(from_mapping(e)).encode(), orjson.dumps(e)) for e in events]
             await publisher.send_raw(publisher.topics.inbox, messages)
         await wait_folded(settings, len(events), 3600)
-        print(f"  folded end to end in {time.perf_counter() - started:.1f} s")
+        result["folded_s"] = time.perf_counter() - started
+        print(f"  folded end to end in {result['folded_s']:.1f} s")
         folded = fold(from_mapping(e) for e in events)
         policy = Policy()
         base = settings.api_url
@@ -147,8 +153,10 @@ async def run(
             async with session.get(base + "/pipeline?limit=1") as r:
                 total = orjson.loads(await r.read())["total"]
         want = orjson.loads(orjson.dumps(metrics(folded.requests.values(), UNTIL, policy)))
-        assert got == want, "the read model's metrics differ from the fold's"
-        assert total == len(pipeline(folded.requests.values(), UNTIL, policy))
+        result["fold_ok"] = got == want and total == len(pipeline(folded.requests.values(),
+                                                                  UNTIL, policy))  # fmt: skip
+        result["requests"], result["events"] = requests, len(events)
+        assert result["fold_ok"], "the read model's metrics or pipeline differ from the fold's"
         print(f"  read model = fold of the log (metrics equal; pipeline total {total:,})")
         some_request = sorted(folded.requests)[len(folded.requests) // 2]
         some_customer = sorted(folded.customers)[0]
@@ -173,6 +181,11 @@ async def run(
             async with Probe(base) as probe:
                 times = await load(base, path, clients, each)
             probed, not_ok = probe.times, probe.not_ok
+            result["routes"][path] = {
+                "p50": statistics.median(times), "p99": percentile(times, 0.99),
+                "n": len(times), "health_p50": statistics.median(probed),
+                "health_max": max(probed), "health_times": probed, "not_ok": not_ok,
+            }  # fmt: skip
             print(
                 f"    {path:<34} p50 {statistics.median(times) * 1000:9.1f} ms"
                 f"  p99 {percentile(times, 0.99) * 1000:9.1f} ms  ({len(times)} requests);"
@@ -180,25 +193,22 @@ async def run(
                 f" slowest {max(probed) * 1000:.0f} ms of {len(probed)}, {not_ok} not 200"
             )
         for name, process in (("validator", validator), ("projector", projector), ("API", api)):
-            print(f"  peak RSS {name:<10} {peak_rss_mb(process.pid):8.0f} MB")
+            result["rss"][name] = peak_rss_mb(process.pid)
+            print(f"  peak RSS {name:<10} {result['rss'][name]:8.0f} MB")
     finally:
         for process in (validator, projector, api):
             stop_process(process)
+    return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=100_000)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--only", help="ask only this route (one of the list, as written)")
-    parser.add_argument(
-        "--regional", action="store_true", help="each event in its CRM's own offset"
-    )
-    parser.add_argument("--probe", help=argparse.SUPPRESS)  # a URL: be `probe_health`
-    args = parser.parse_args()
-    if args.probe:
-        asyncio.run(probe_health(args.probe))
-        return
+def measure(
+    requests: int = 100_000,
+    clients: int = 10,
+    only: str | None = None,
+    regional: bool = False,
+    store: str = "memory",
+) -> dict[str, Any]:
+    """`run` on a broker of its own (embedded Tansu in a temporary directory)."""
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         port = free_port()
         settings = Settings(
@@ -209,8 +219,28 @@ def main() -> None:
             api_port=port,
             api_url=f"http://127.0.0.1:{port}",
             clock=UNTIL.isoformat(),
+            store=store,
         )
-        asyncio.run(run(settings, args.requests, args.clients, args.only, args.regional))
+        result = asyncio.run(run(settings, requests, clients, only, regional))
+    result["store"] = store
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--only", help="ask only this route (one of the list, as written)")
+    parser.add_argument(
+        "--regional", action="store_true", help="each event in its CRM's own offset"
+    )
+    parser.add_argument("--store", choices=("memory", "rocksdb"), default="memory")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # a URL: be `probe_health`
+    args = parser.parse_args()
+    if args.probe:
+        asyncio.run(probe_health(args.probe))
+        return
+    measure(args.requests, args.clients, args.only, args.regional, args.store)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -56,8 +57,11 @@ async def same_metrics(settings: Settings, want: object) -> bool:
 
 async def run(
     settings: Settings, requests: int, projectors: int = 1, regional: bool = False
-) -> None:
+) -> dict[str, Any]:
+    """The figures (`measure`'s): the replay's time, CPU and peak RSS, whether its read
+    model equals the fold, a second API's time to ready, and each restart's time."""
     assert settings.broker is not None
+    result: dict[str, Any] = {"requests": requests, "projectors": projectors}
     raw = generate(requests=requests, until=UNTIL, seed=42, regional=regional)
     records = [(subject_of(from_mapping(e)).encode(), orjson.dumps(e)) for e in raw]
     n = len(records)
@@ -77,11 +81,15 @@ async def run(
     try:
         await wait_folded(settings, n, 3600)
         took = time.perf_counter() - started
+        result.update(events=n, replay_s=took, cpu_projectors=[cpu_s(p.pid) for p in
+                      (projector, *others)], cpu_api=cpu_s(api.pid))  # fmt: skip
         each = "+".join(f"{cpu_s(p.pid):.1f}" for p in (projector, *others))
         cpu = f"CPU projector {each} s, API {cpu_s(api.pid):.1f} s"
         asked = time.perf_counter()
         ok = await same_metrics(settings, want)
         first = time.perf_counter() - asked
+        result.update(fold_ok=ok, rss_projector=max(peak_rss_mb(p.pid) for p in
+                      (projector, *others)), rss_api=peak_rss_mb(api.pid))  # fmt: skip
         print(f"  replay to the read model: {took:.1f} s ({n / took:,.0f} events/s; {cpu});"
               f" metrics {'=' if ok else '≠'} the fold's (the first /metrics/decisions took "
               f"{first * 1000:,.0f} ms); peak RSS projector "
@@ -94,6 +102,8 @@ async def run(
         started = time.perf_counter()
         second = start_api(other, settings.broker)
         await wait_folded(other, n, 3600)
+        result.update(second_api_s=time.perf_counter() - started,
+                      rss_second_api=peak_rss_mb(second.pid))  # fmt: skip
         print(f"  a second API ready (every event folded): {time.perf_counter() - started:.1f} s;"
               f" its peak RSS {peak_rss_mb(second.pid):,.0f} MB")  # fmt: skip
 
@@ -108,6 +118,7 @@ async def run(
             n += len(late)
             await wait_folded(settings, n, 600)
             took = time.perf_counter() - started
+            result["restart_kill_s" if sig == signal.SIGKILL else "restart_term_s"] = took
             print(
                 f"  projector {how} and restarted: new events in the read model after "
                 f"{took:.1f} s (API holds {await asyncio.to_thread(events_folded, settings):,})"
@@ -116,6 +127,28 @@ async def run(
         for process in (projector, *others, api, second):
             if process is not None:
                 stop_process(process)
+    return result
+
+
+def measure(
+    requests: int = 100_000, store: str = "rocksdb", projectors: int = 1, regional: bool = False
+) -> dict[str, Any]:
+    """`run` on a broker of its own (embedded Tansu in a temporary directory)."""
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
+        port = free_port()
+        settings = Settings(
+            broker=broker.bootstrap,
+            topic_prefix=f"br{uuid.uuid4().hex[:6]}.",
+            data_dir=Path(tmp) / "data",
+            session_timeout_s=6,
+            api_port=port,
+            api_url=f"http://127.0.0.1:{port}",
+            clock=UNTIL.isoformat(),
+            store=store,
+        )
+        result = asyncio.run(run(settings, requests, projectors, regional))
+    result["store"] = store
+    return result
 
 
 def main() -> None:
@@ -127,19 +160,7 @@ def main() -> None:
         "--regional", action="store_true", help="each event in its CRM's own offset"
     )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
-        port = free_port()
-        settings = Settings(
-            broker=broker.bootstrap,
-            topic_prefix=f"br{uuid.uuid4().hex[:6]}.",
-            data_dir=Path(tmp) / "data",
-            session_timeout_s=6,
-            api_port=port,
-            api_url=f"http://127.0.0.1:{port}",
-            clock=UNTIL.isoformat(),
-            store=args.store,
-        )
-        asyncio.run(run(settings, args.requests, args.projectors, args.regional))
+    measure(args.requests, args.store, args.projectors, args.regional)
 
 
 if __name__ == "__main__":

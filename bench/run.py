@@ -45,6 +45,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench import targets
 from bench.digest import digest_of, first_difference
 from bench.pipeline import cpu_s, history, more_projectors, wait_folded
 from bench.queries import UNTIL, peak_rss_mb
@@ -66,6 +67,13 @@ from workers.runtime import changelog_topic, group_id
 ROOT = Path(__file__).resolve().parent.parent
 QUIX_PYTHON = ROOT / ".venv-quix" / "bin" / "python"
 BEGIN, END = "<!-- make bench: begin -->", "<!-- make bench: end -->"
+
+
+def markers(command: str) -> tuple[str, str]:
+    """The comments around the block `command` (make bench, make bench-full) writes."""
+    return f"<!-- {command}: begin -->", f"<!-- {command}: end -->"
+
+
 DAY_MS = 86_400_000
 
 
@@ -238,7 +246,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model})"
 
 
-def table(n_requests: int, n: int, results: dict[str, Any], regional: bool = False) -> str:
+def table(
+    n_requests: int,
+    n: int,
+    results: dict[str, Any],
+    regional: bool = False,
+    command: str = "make bench",
+    targets: list[str] | None = None,
+) -> str:
     ours, quix, ceil = results["ledger"], results["quix"], results["ceiling"]
     quix_s = quix["last"] - quix["first"]
 
@@ -261,9 +276,10 @@ def table(n_requests: int, n: int, results: dict[str, Any], regional: bool = Fal
     def rss(run: dict[str, Any]) -> str:
         return ", ".join(f"{k} {v:,.0f} MB" for k, v in run["rss"].items())
 
+    begin, end = markers(command)
     lines = [
-        BEGIN,
-        f"Last `make bench`: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; {versions()}.",
+        begin,
+        f"Last `{command}`: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; {versions()}.",
         f"{n_requests:,} requests = {n:,} events (generated history, keyed by subject; "
         + ("each event in its CRM's own offset)." if regional else "instants in UTC)."),
         "",
@@ -296,19 +312,33 @@ def table(n_requests: int, n: int, results: dict[str, Any], regional: bool = Fal
             if scaled
             else ""
         ),  # fmt: skip
-        END,
+        *(
+            [
+                "",
+                "Every target of issue 11, each measured in this run by its own bench, one "
+                "after the other (`bench.targets`):",
+                "",
+                *targets,
+            ]
+            if targets
+            else []
+        ),
+        end,
     ]
     return "\n".join(lines)
 
 
-def rewrite_readme(block: str) -> None:
+def rewrite_readme(block: str, command: str = "make bench") -> None:
     readme = ROOT / "bench" / "README.md"
     text = readme.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    begin, end = markers(command)
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.replace("\n", "\n\n## `make bench`\n\n" + block + "\n", 1)
+    else:  # after `make bench`'s block, or else under the title
+        at = text.find(END)
+        at = at + len(END) + 1 if at >= 0 else text.index("\n") + 1
+        text = text[:at] + f"\n## `{command}`\n\n" + block + "\n" + text[at:]
     readme.write_text(text)
 
 
@@ -380,7 +410,13 @@ def main() -> None:
                         help="the ledger again with N projectors (1: not again)")  # fmt: skip
     parser.add_argument("--regional", action="store_true",
                         help="each event in its CRM's own offset")  # fmt: skip
+    parser.add_argument("--targets", action="store_true",
+                        help="then every other target's bench (bench.targets)")  # fmt: skip
+    parser.add_argument("--full", action="store_true",
+                        help="make bench-full: ~1 M events, replays at ~1 M")  # fmt: skip
     args = parser.parse_args()
+    if args.full and args.requests == parser.get_default("requests"):
+        args.requests = targets.FULL_REQUESTS
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         port = free_port()
         settings = Settings(
@@ -395,13 +431,17 @@ def main() -> None:
         n, results = asyncio.run(
             run(settings, args.requests, Path(tmp), args.projectors, args.regional)
         )
-    block = table(args.requests, n, results, args.regional)
+    command = "make bench-full" if args.full else "make bench"
+    measured = targets.measure(args.full) if args.targets else None
+    rows = targets.rows(n, results, measured) if measured else None
+    block = table(args.requests, n, results, args.regional, command, rows)
     print(block)
     if args.write:
-        rewrite_readme(block)
+        rewrite_readme(block, command)
     runs = [results["ledger"], *([results["scaled"]] if "scaled" in results else [])]
     ok = all(r["digest_ok"] and r["metrics_ok"] for r in runs)
-    sys.exit(0 if ok and results["quix"]["digest_ok"] else 1)
+    ok = ok and results["quix"]["digest_ok"] and (measured is None or targets.folds_ok(measured))
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""`make bench`'s table of issue 11's targets: each figure judged against its target, a
+read model unequal to its fold fails the run, and each command's block rewritten in
+bench/README.md without touching another's."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import run, targets
+
+ROUTES = [
+    "/health", "/requests/R-1", "/customers/C-1", "/pipeline?limit=100", "/overdue?limit=100",
+    "/customers/abuse?limit=100", "/metrics/decisions", "/pipeline",
+    "/pipeline?limit=100&as_of=2026-05-31T09:00:00Z",
+]  # fmt: skip
+
+
+def _route(p99: float, probe: float = 0.002) -> dict[str, Any]:
+    return {"p50": p99 / 2, "p99": p99, "n": 20, "health_p50": probe, "health_max": probe,
+            "health_times": [probe] * 10, "not_ok": 0}  # fmt: skip
+
+
+def _replay(events: int, seconds: float, store: str = "rocksdb") -> dict[str, Any]:
+    return {"requests": events // 3, "projectors": 1, "events": events, "replay_s": seconds,
+            "cpu_projectors": [seconds * 0.7], "cpu_api": seconds * 0.3, "fold_ok": True,
+            "rss_projector": 480.0, "rss_api": 300.0, "second_api_s": 4.0,
+            "rss_second_api": 200.0, "restart_kill_s": 4.1, "restart_term_s": 3.6,
+            "store": store}  # fmt: skip
+
+
+def figures() -> tuple[dict[str, Any], dict[str, Any]]:
+    e2e = {"ledger": {"seconds": 10.0, "projectors": 1},
+           "scaled": {"seconds": 8.0, "projectors": 2},
+           "quix": {"first": 0.0, "last": 20.0}, "ceiling": 0.5}  # fmt: skip
+    got = {
+        "queries": {"requests": 100_000, "events": 313_315, "fold_ok": True,
+                    "rss": {"validator": 300.0, "projector": 550.0, "API": 540.0},
+                    "routes": {p: _route(0.004) for p in ROUTES}},
+        "replay": _replay(313_315, 30.0),
+        "alerts": {"latencies": [0.5, 4.0], "bound": 6.0, "interval": 5.0, "load": 60_000},
+    }  # fmt: skip
+    return e2e, got
+
+
+def verdict(rows: list[str], starts: str) -> str:
+    (row,) = [r for r in rows if r.startswith(starts)]
+    return row.rsplit("|", 2)[1].strip()
+
+
+def test_each_figure_is_judged_against_its_target() -> None:
+    e2e, got = figures()
+    rows = targets.rows(300_000, e2e, got)
+    assert verdict(rows, "| 1.").startswith("met")  # 300 k events in 8 s: 37.5 k/s
+    assert "ahead of Quix: 2.50×" in verdict(rows, "| 1.")
+    assert verdict(rows, "| 2.") == "at 1 M: `make bench-full`"  # 313 k events is not 1 M
+    assert verdict(rows, "| 3. `/requests") == "met"
+    assert verdict(rows, "| 3. `/health`") == "met (under that load: met)"
+    assert verdict(rows, "| 4. peak RSS < 500").startswith("met on RocksDB; memory store not met")
+    assert verdict(rows, "| 6.") == "met"
+
+    slow = copy.deepcopy(got)
+    slow["queries"]["routes"]["/overdue?limit=100"] = _route(0.250)
+    slow["queries"]["routes"]["/pipeline"] = _route(1.0, probe=0.012)
+    slow["alerts"]["latencies"] = [0.5, None]
+    slow["replay_full"] = _replay(1_004_079, 78.0)
+    slow["replay_full"]["second_api_s"] = 25.0
+    rows = targets.rows(94_084, e2e, slow)
+    assert verdict(rows, "| 1.").startswith("**not met**")
+    assert verdict(rows, "| 3. `/pipeline`") == "**not met**"
+    assert verdict(rows, "| 3. `/health`") == "met (under that load: not met)"
+    assert verdict(rows, "| 6.") == "**not met**"  # one crossing never came
+    full = [r for r in rows if r.startswith("| 2.") and "1,004,079" in r]
+    assert full and full[0].rsplit("|", 2)[1].strip() == "**not met**"
+    second = [r for r in rows if r.startswith("| 5.") and "1,004,079" in r]
+    assert second[0].rsplit("|", 2)[1].strip() == "second API: met; restart: met"
+
+
+def test_a_read_model_unequal_to_its_fold_fails_the_run() -> None:
+    _, got = figures()
+    assert targets.folds_ok(got)
+    got["replay"]["fold_ok"] = False
+    assert not targets.folds_ok(got)
+
+
+def test_each_command_rewrites_its_own_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bench").mkdir()
+    readme = tmp_path / "bench" / "README.md"
+    begin, end = run.markers("make bench")
+    readme.write_text(f"# Benchmarks\n\n## `make bench`\n\n{begin}\nold\n{end}\n\n## Notes\n")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    full_begin, full_end = run.markers("make bench-full")
+    run.rewrite_readme(f"{full_begin}\nfull\n{full_end}", "make bench-full")
+    run.rewrite_readme(f"{begin}\nnew\n{end}", "make bench")
+    text = readme.read_text()
+    assert "old" not in text and f"{begin}\nnew\n{end}" in text
+    assert text.index(end) < text.index("## `make bench-full`") < text.index("## Notes")
+    run.rewrite_readme(f"{full_begin}\nfull again\n{full_end}", "make bench-full")
+    text = readme.read_text()
+    assert "full again" in text and "\nfull\n" not in text and text.count(full_begin) == 1
