@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import time
 
 # The young generation's threshold. CPython's default (700 allocations) makes the
@@ -18,6 +19,14 @@ import time
 # of new state. Measured (bench/README.md): 2.4-2.5 k -> 3.7-4.1 k events/s end to end,
 # peak RSS unchanged. LEDGER_GC_THRESHOLD overrides it (0: CPython's default).
 GC_THRESHOLD = 1_000_000
+
+# How long a thread may hold the GIL before another one asks for it (CPython: 5 ms). The
+# API walks states for `as_of` and CSV in worker threads while its event loop answers
+# /health and pages; with 5 ms every loop wake-up behind a busy walk waits up to 5 ms
+# for the GIL. With 0.5 ms (bench.queries, as_of refold in flight, alternated runs):
+# /health p50 6 -> 2 ms, the slowest probe 7-10 -> 4-6 ms; the walk itself unchanged
+# (3.6-3.9 s). Only the API sets it: the workers run one thread.
+API_SWITCH_INTERVAL_S = 0.0005
 
 
 class RateLimited(logging.Filter):
@@ -50,10 +59,13 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def configure_process() -> None:
-    """What every long-running process of the ledger does first."""
+def configure_process(*, switch_interval_s: float | None = None) -> None:
+    """What every long-running process of the ledger does first; `switch_interval_s` for
+    a process whose event loop shares the GIL with worker threads (the API)."""
     configure_logging()
     tune_gc()
+    if switch_interval_s is not None:
+        sys.setswitchinterval(switch_interval_s)
 
 
 def configure_logging() -> None:

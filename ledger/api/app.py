@@ -27,7 +27,7 @@ from aiohttp.typedefs import Middleware
 from aiokafka.errors import KafkaError
 
 from ledger.adapters.config import Settings
-from ledger.adapters.process import configure_process
+from ledger.adapters.process import API_SWITCH_INTERVAL_S, configure_process
 from ledger.adapters.publisher import Publisher
 from ledger.api.openapi import (
     BOOLEANS,
@@ -930,10 +930,14 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
     return app
 
 
+def configure_api_process() -> None:
+    configure_process(switch_interval_s=API_SWITCH_INTERVAL_S)
+
+
 def main() -> None:
     settings = Settings()
     if not settings.broker:
         raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
-    configure_process()
+    configure_api_process()
     app = build_app(settings, settings.broker)
     asyncio.run(serve(app, settings.api_host, settings.api_port))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -49,3 +51,13 @@ def test_each_aiokafka_message_passes_once_a_minute_and_ours_always() -> None:
     assert all(ours)
     limit.every_s = 0  # a minute later
     assert limit.filter(record("aiokafka", "Unable connect to %s"))
+
+
+def test_the_api_process_hands_the_gil_to_its_event_loop_every_half_millisecond() -> None:
+    """In a process of its own: the interval is process-wide."""
+    probe = (
+        "import sys; from ledger.api.app import configure_api_process; "
+        "configure_api_process(); print(sys.getswitchinterval())"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert float(out.stdout) == pytest.approx(0.0005)
