@@ -484,11 +484,16 @@ class ReadModel:
             return
         cache = self._caches[topic]
         self.version += 1  # a walk's result asked before is not this one's (`Api.shared`)
+        # each key's newest record of the batch, and only it: the batch is applied in one
+        # step, so no query sees the states between (in a replay a request has a record
+        # for each batch of the projector's that touched it, often several in one of ours)
+        newest: dict[bytes, bytes | None] = {}
         for record in records:
-            if record.key is None:
-                continue
-            key = record.key.decode()
-            cache.put(key, record.value)
+            if record.key is not None:
+                newest[record.key] = record.value
+        for raw_key, value in newest.items():
+            key = raw_key.decode()
+            cache.put(key, value)
             if topic != self.requests_topic:
                 continue
             if self._catching_up:
@@ -496,7 +501,7 @@ class ReadModel:
                 self._unsummed.add(key)  # summed then too (or when asked before)
                 continue
             try:
-                state = None if record.value is None else record_head(record.value)
+                state = None if value is None else record_head(value)
                 self._take_part(key, state)
                 if self.index_ok:
                     self.index.put_parsed(key, state)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import ledger.api.readmodel as readmodel
 from events import from_mapping
 from ledger.adapters.config import Settings
 from ledger.api.readmodel import ReadModel
@@ -252,3 +253,35 @@ def test_alerts_are_newest_first_by_instant_whatever_their_offsets() -> None:
     newest = [a["raised_at"] for a in model.recent_alerts([])]
     assert newest == ["2026-03-02T05:00:00-05:00", "2026-03-02T09:00:00+00:00",
                       "2026-03-02T10:00:00+08:00", "not an instant"]  # fmt: skip
+
+
+def test_a_batch_applies_each_requests_newest_record_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a replay the projector writes a record per batch that touched a request, often
+    several within one of the API's batches: the read model is the newest's, and each
+    request is read and indexed once per batch, not once per record."""
+    events = generate(requests=40, until=datetime.fromisoformat("2026-06-30T09:00:00+00:00"))
+    folded = fold(from_mapping(e) for e in events)
+    growing = [  # each request's state after each of its events, in the log's order
+        Record(
+            k.encode(), s.model_copy(update={"history": s.history[:n]}).model_dump_json().encode()
+        )
+        for n in range(1, 4)
+        for k, s in folded.requests.items()
+        if len(s.history) >= n
+    ]
+    assert len(growing) > len(folded.requests) + 20
+    heads: list[bytes] = []
+    real = readmodel.record_head
+    monkeypatch.setattr(readmodel, "record_head", lambda raw: heads.append(raw) or real(raw))
+    model = ReadModel(Settings(data_dir=tmp_path), "127.0.0.1:1")
+    model._catching_up = False  # noqa: SLF001 - live: each record indexed as it comes
+    model._apply(model.requests_topic, growing)  # noqa: SLF001
+
+    assert len(heads) == len(folded.requests)
+    newest = {
+        k: s.model_copy(update={"history": s.history[:3]}) for k, s in folded.requests.items()
+    }
+    assert {s.request_id: s for s in model.requests()} == newest
+    assert model.events_folded() == sum(len(s.event_ids) for s in newest.values())
