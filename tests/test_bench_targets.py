@@ -103,3 +103,17 @@ def test_each_command_rewrites_its_own_block(
     run.rewrite_readme(f"{full_begin}\nfull again\n{full_end}", "make bench-full")
     text = readme.read_text()
     assert "full again" in text and "\nfull\n" not in text and text.count(full_begin) == 1
+
+
+def test_a_restart_beside_another_projector_is_not_reported_as_a_restarts_time() -> None:
+    """With two projectors the one left keeps the stream while the other restarts: the
+    late events may all be its own, so the figure is not how long a restart takes."""
+    e2e, got = figures()
+    got["replay_full_memory"] = _replay(1_004_079, 75.0, store="memory")
+    got["replay_full_memory"].update(projectors=2, restart_kill_s=0.1)
+    rows = targets.rows(94_084, e2e, got)
+    (memory,) = [r for r in rows if r.startswith("| 5.") and "memory" in r]
+    assert "SIGKILLed 0.1 s, SIGTERMed 3.6 s (one of 2: the other kept the stream" in memory
+    assert "restart:" not in memory.rsplit("|", 2)[1]
+    (alone,) = [r for r in rows if r.startswith("| 5.") and "313,315" in r]
+    assert "the other kept" not in alone
