@@ -4,6 +4,9 @@ alone (charts inline, nothing fetched, every value escaped)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -137,3 +140,23 @@ def test_the_months_overrides_are_in_the_order_they_were_decided_across_offsets(
         "2026-03-10T10:00:00+08:00",
         "2026-03-10T09:00:00+00:00",
     ]  # each as its CRM wrote it
+
+
+def test_matplotlib_is_loaded_by_the_first_chart_not_by_the_api(folded: Any) -> None:
+    """The API imports this module at start; matplotlib (with numpy ~45 MB and ~0.4 s)
+    waits for the first page drawn, and two pages drawn at once in threads keep apart."""
+    probe = (
+        "import sys, ledger.api.app, projections.report_pages as p\n"
+        "assert 'matplotlib' not in sys.modules, 'loaded at import'\n"
+        "r = {'days_to_decide': {'trend': [{'month': '2026-01', 'median_business_days': 1,"
+        " 'p90_business_days': 2}], 'target_business_days': 10}, 'by_outcome': {'hold': 1}}\n"
+        "assert p.outcome_chart(r).startswith('<svg')\n"
+        "assert 'matplotlib' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)  # noqa: S603
+    assert done.returncode == 0, done.stderr
+    report = nos_and_whys(folded.requests.values(), folded.customers.values(), "2026-05", POLICY)
+    with ThreadPoolExecutor(4) as pool:
+        pages = list(pool.map(html, [report] * 8))
+    assert len(set(pages)) == 1
+    assert pages[0].count("<svg") == 2
