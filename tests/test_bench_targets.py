@@ -117,3 +117,35 @@ def test_a_restart_beside_another_projector_is_not_reported_as_a_restarts_time()
     assert "restart:" not in memory.rsplit("|", 2)[1]
     (alone,) = [r for r in rows if r.startswith("| 5.") and "313,315" in r]
     assert "the other kept" not in alone
+
+
+async def test_each_clients_connection_is_open_before_the_clock() -> None:
+    """`bench.queries.load` times requests on open connections: the first request of
+    each client (a TCP connect among ten) is made, untimed, before the timed ones."""
+    from aiohttp import web
+
+    from bench.queries import load
+    from ledger.adapters.broker import free_port
+
+    seen: set[int] = set()
+    new_connection: list[bool] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        transport = id(request.transport)
+        new_connection.append(transport not in seen)
+        seen.add(transport)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/health", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        times = await load(f"http://127.0.0.1:{port}", "/health", clients=10, each=5)
+    finally:
+        await runner.cleanup()
+    assert len(times) == 50
+    assert len(new_connection) == 60  # ten untimed, one per client, then the fifty timed
+    assert not any(new_connection[10:])  # no timed request opened a connection
