@@ -65,11 +65,13 @@ def rows(e2e_n: int, e2e: dict[str, Any], got: dict[str, Any]) -> list[str]:
         f"(ahead of Quix: {quix_s / best:.2f}×) |",
     ]
     replays = [got[k] for k in ("replay", "replay_full", "replay_full_memory") if k in got]
+    # a figure at ~300 k events is judged at 1 M: by `make bench-full`, or in its rows below
+    at_1m = "judged at 1 M: the rows below" if len(replays) > 1 else "at 1 M: `make bench-full`"
     for run in replays:
         events = run["events"]
         cpu = " + ".join(f"{c:.1f}" for c in run["cpu_projectors"])
         at_size = events >= 900_000
-        verdict = _met(run["replay_s"] < REPLAY_S) if at_size else "at 1 M: `make bench-full`"
+        verdict = _met(run["replay_s"] < REPLAY_S) if at_size else at_1m
         out.append(
             f"| 2. replay of a wiped projection < 60 s at 1 M events ({events:,} events, "
             f"{run['store']}, {run['projectors']} projector process(es)) | {run['replay_s']:.1f} s "
@@ -148,7 +150,7 @@ def rows(e2e_n: int, e2e: dict[str, Any], got: dict[str, Any]) -> list[str]:
                 else ""
             )
             + " | second API: "
-            + (_met(ok) if at_size else "at 1 M: `make bench-full`")
+            + (_met(ok) if at_size else at_1m)
             + (
                 f"; restart: {_met(max(f['restart_kill_s'], f['restart_term_s']) < RESTART_S)}"
                 if f["store"] == "rocksdb"

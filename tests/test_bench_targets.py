@@ -77,6 +77,11 @@ def test_each_figure_is_judged_against_its_target() -> None:
     assert full and full[0].rsplit("|", 2)[1].strip() == "**not met**"
     second = [r for r in rows if r.startswith("| 5.") and "1,004,079" in r]
     assert second[0].rsplit("|", 2)[1].strip() == "second API: met; restart: met"
+    # beside the 1 M rows, the ~300 k ones point at them, not at the command being run
+    (smaller,) = [r for r in rows if r.startswith("| 2.") and "313,315" in r]
+    assert smaller.rsplit("|", 2)[1].strip() == "judged at 1 M: the rows below"
+    (smaller,) = [r for r in rows if r.startswith("| 5.") and "313,315" in r]
+    assert smaller.rsplit("|", 2)[1].strip().startswith("second API: judged at 1 M: the rows")
 
 
 def test_a_read_model_unequal_to_its_fold_fails_the_run() -> None:
