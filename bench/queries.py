@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import statistics
 import sys
@@ -143,8 +144,13 @@ async def run(
     result: dict[str, Any] = {"routes": {}, "rss": {}}
     events = generate(requests=requests, until=UNTIL, seed=42, regional=regional)
     print(f"{requests:,} requests = {len(events):,} events")
-    validator, projector = start_stages(settings, settings.broker)
-    api = start_api(settings, settings.broker)
+    gc_reports = settings.data_dir.parent / "gc"  # each process's collector, at its exit
+    os.environ["LEDGER_GC_REPORT"] = str(gc_reports)
+    try:
+        validator, projector = start_stages(settings, settings.broker)
+        api = start_api(settings, settings.broker)
+    finally:
+        del os.environ["LEDGER_GC_REPORT"]
     try:
         started = time.perf_counter()
         async with Publisher(settings, settings.broker) as publisher:
@@ -215,7 +221,25 @@ async def run(
         gc.unfreeze()
         for process in (validator, projector, api):
             stop_process(process)
+    result["gc"] = gc_pauses(gc_reports, {"validator": validator.pid,
+                                          "projector": projector.pid, "API": api.pid})  # fmt: skip
+    for name, pauses in result["gc"].items():
+        print(f"  collector {name:<10} " + "; ".join(
+            f"{g}: {p['collections']} in all, the longest {p['longest_ms']:.1f} ms"
+            for g, p in pauses.items()
+        ))  # fmt: skip
     return result
+
+
+def gc_pauses(directory: Path, pids: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Each process's collector pauses by generation (`LEDGER_GC_REPORT`), by name."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, pid in pids.items():
+        found = list(directory.glob(f"*-{pid}.json"))
+        if found:
+            report = orjson.loads(found[0].read_bytes())
+            out[name] = {k: v for k, v in report.items() if k.startswith("generation")}
+    return out
 
 
 def measure(

@@ -46,6 +46,17 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def _pauses(by_generation: dict[str, dict[str, Any]]) -> str:
+    """A process's collections: how many of each generation and the longest, or none."""
+    ran = [(g.split()[-1], p) for g, p in by_generation.items() if p["collections"]]
+    if not ran:
+        return "none"
+    return ", ".join(
+        f"{p['collections']} of generation {g} (the longest {p['longest_ms']:,.0f} ms)"
+        for g, p in ran
+    )
+
+
 def rows(e2e_n: int, e2e: dict[str, Any], got: dict[str, Any]) -> list[str]:
     """The table's rows: target, this run's figure, met or not."""
     q, r, a = got["queries"], got["replay"], got["alerts"]
@@ -115,6 +126,13 @@ def rows(e2e_n: int, e2e: dict[str, Any], got: dict[str, Any]) -> list[str]:
         + ", ".join(f"`{p.split('?')[0]}` p50 {_ms(routes[p]['p50'])}" for p in past)
         + " | reported |"
     )
+    if q.get("gc"):
+        out.append(
+            f"| measured, no target: the collector's pauses over the {q['requests']:,}-request "
+            "run (its fold, then the queries) | " + "; ".join(
+                f"{name} {_pauses(pauses)}" for name, pauses in q["gc"].items()
+            ) + " | reported |"
+        )  # fmt: skip
     rss = [r["rss_projector"], r["rss_api"], r["rss_second_api"]]
     out.append(
         f"| 4. peak RSS < 500 MB each at 100 k requests ({r['requests']:,} in the replay, "

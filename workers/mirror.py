@@ -144,7 +144,7 @@ def main() -> None:
     bootstrap = settings.broker
     if not bootstrap:
         raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
-    configure_process()
+    configure_process(role="mirror")
     store = DurableStore.in_dir(settings.data_dir)
 
     async def run() -> None:

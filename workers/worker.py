@@ -153,7 +153,7 @@ def main() -> None:
     bootstrap = settings.broker
     if not bootstrap:
         raise SystemExit("LEDGER_BROKER is not set: `ledger up` starts a broker and sets it")
-    configure_process()
+    configure_process(role=settings.worker_role)
 
     async def run() -> bool:
         stop = asyncio.Event()

@@ -4,11 +4,18 @@ garbage collector."""
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
 
 # The young generation's threshold. CPython's default (700 allocations) makes the
 # collector run every few records here: each batch allocates thousands of short-lived
@@ -49,6 +56,75 @@ class RateLimited(logging.Filter):
         return True
 
 
+# A collection that stops the process this long is logged (a warning): its event loop
+# sent no heartbeat and answered no request meanwhile.
+SLOW_GC_S = 0.1
+
+
+class GcPauses:
+    """The cyclic collector's pauses in this process (`gc.callbacks`): per generation, how
+    many, the longest and their sum; a pause of `SLOW_GC_S` or more is logged. With
+    `LEDGER_GC_REPORT` (a directory) the figures are written there at exit, as
+    `<role>-<pid>.json` (what `bench.queries` reports)."""
+
+    def __init__(self, slow_s: float = SLOW_GC_S) -> None:
+        self.slow_s = slow_s
+        self.started = 0.0
+        self.count = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.total = [0.0, 0.0, 0.0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        took = time.perf_counter() - self.started
+        generation = info["generation"]
+        self.count[generation] += 1
+        self.total[generation] += took
+        self.longest[generation] = max(self.longest[generation], took)
+        if took >= self.slow_s:
+            log.warning(
+                "the garbage collector stopped this process for %.0f ms (generation %d, "
+                "%d objects freed)", took * 1000, generation, info.get("collected", 0),
+            )  # fmt: skip
+
+    def report(self) -> dict[str, Any]:
+        return {
+            f"generation {g}": {
+                "collections": self.count[g],
+                "longest_ms": round(self.longest[g] * 1000, 2),
+                "total_ms": round(self.total[g] * 1000, 2),
+            }
+            for g in range(3)
+        }
+
+    def write(self, directory: Path, role: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{role}-{os.getpid()}.json"
+        path.write_bytes(orjson.dumps({"role": role, "pid": os.getpid(), **self.report()}))
+
+
+GC_PAUSES = GcPauses()
+
+
+def watch_gc(role: str) -> None:
+    """Time every collection of this process (`GC_PAUSES`) until it exits (the collection
+    of the interpreter's shutdown, after it, is not the stream's); report them at exit
+    when `LEDGER_GC_REPORT` names a directory."""
+    if GC_PAUSES not in gc.callbacks:
+        gc.callbacks.append(GC_PAUSES)
+        atexit.register(_unwatch_gc)
+    report = os.environ.get("LEDGER_GC_REPORT")
+    if report:
+        atexit.register(GC_PAUSES.write, Path(report), role)
+
+
+def _unwatch_gc() -> None:
+    if GC_PAUSES in gc.callbacks:
+        gc.callbacks.remove(GC_PAUSES)
+
+
 def tune_gc() -> None:
     """Fewer young collections, and everything alive after start-up (modules, settings,
     compiled schemas) moved out of the collector's sight."""
@@ -59,11 +135,13 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def configure_process(*, switch_interval_s: float | None = None) -> None:
+def configure_process(*, switch_interval_s: float | None = None, role: str = "process") -> None:
     """What every long-running process of the ledger does first; `switch_interval_s` for
-    a process whose event loop shares the GIL with worker threads (the API)."""
+    a process whose event loop shares the GIL with worker threads (the API); `role`
+    names it in the collector's report (`watch_gc`)."""
     configure_logging()
     tune_gc()
+    watch_gc(role)
     if switch_interval_s is not None:
         sys.setswitchinterval(switch_interval_s)
 

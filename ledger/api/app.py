@@ -931,7 +931,7 @@ def build_app(settings: Settings, bootstrap: str, policy: Policy | None = None) 
 
 
 def configure_api_process() -> None:
-    configure_process(switch_interval_s=API_SWITCH_INTERVAL_S)
+    configure_process(switch_interval_s=API_SWITCH_INTERVAL_S, role="api")
 
 
 def main() -> None:

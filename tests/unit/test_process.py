@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import orjson
 import pytest
 
-from ledger.adapters.process import GC_THRESHOLD, RateLimited, tune_gc
+from ledger.adapters.process import GC_THRESHOLD, GcPauses, RateLimited, tune_gc
 
 
 @pytest.fixture
@@ -61,3 +64,38 @@ def test_the_api_process_hands_the_gil_to_its_event_loop_every_half_millisecond(
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert float(out.stdout) == pytest.approx(0.0005)
+
+
+def test_every_collection_is_timed_and_a_long_one_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pauses = GcPauses(slow_s=0.0)  # every pause counts as long here
+    gc.callbacks.append(pauses)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ledger.adapters.process"):
+            gc.collect()
+    finally:
+        gc.callbacks.remove(pauses)
+    report = pauses.report()
+    assert report["generation 2"]["collections"] == 1
+    assert report["generation 2"]["longest_ms"] > 0
+    assert report["generation 2"]["total_ms"] >= report["generation 2"]["longest_ms"]
+    assert report["generation 0"]["collections"] == 0
+    assert "the garbage collector stopped this process" in caplog.text
+
+
+def test_a_process_writes_its_pauses_at_exit_when_asked(tmp_path: Path) -> None:
+    """`LEDGER_GC_REPORT`: each long-running process leaves `<role>-<pid>.json` there."""
+    probe = (
+        "import gc; from ledger.adapters.process import configure_process; "
+        "configure_process(role='projector'); gc.collect(); gc.collect()"
+    )
+    env = {**os.environ, "LEDGER_GC_REPORT": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", probe], env=env, check=True)  # noqa: S603
+    (written,) = tmp_path.glob("projector-*.json")
+    report = orjson.loads(written.read_bytes())
+    assert report["role"] == "projector"
+    assert report["generation 2"]["collections"] >= 2
+    del env["LEDGER_GC_REPORT"]
+    subprocess.run([sys.executable, "-c", probe], env=env, check=True, cwd=tmp_path)  # noqa: S603
+    assert len(list(tmp_path.glob("*.json"))) == 1  # not asked: nothing written
