@@ -69,6 +69,7 @@ class GcPauses:
 
     def __init__(self, slow_s: float = SLOW_GC_S) -> None:
         self.slow_s = slow_s
+        self.role = "process"  # named in the warning: several processes share one log
         self.started = 0.0
         self.count = [0, 0, 0]
         self.longest = [0.0, 0.0, 0.0]
@@ -85,8 +86,9 @@ class GcPauses:
         self.longest[generation] = max(self.longest[generation], took)
         if took >= self.slow_s:
             log.warning(
-                "the garbage collector stopped this process for %.0f ms (generation %d, "
-                "%d objects freed)", took * 1000, generation, info.get("collected", 0),
+                "the garbage collector stopped the %s (pid %d) for %.0f ms (generation %d, "
+                "%d objects freed)", self.role, os.getpid(), took * 1000, generation,
+                info.get("collected", 0),
             )  # fmt: skip
 
     def report(self) -> dict[str, Any]:
@@ -112,6 +114,7 @@ def watch_gc(role: str) -> None:
     """Time every collection of this process (`GC_PAUSES`) until it exits (the collection
     of the interpreter's shutdown, after it, is not the stream's); report them at exit
     when `LEDGER_GC_REPORT` names a directory."""
+    GC_PAUSES.role = role
     if GC_PAUSES not in gc.callbacks:
         gc.callbacks.append(GC_PAUSES)
         atexit.register(_unwatch_gc)
