@@ -101,10 +101,10 @@ class GcPauses:
             for g in range(3)
         }
 
-    def write(self, directory: Path, role: str) -> None:
+    def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{role}-{os.getpid()}.json"
-        path.write_bytes(orjson.dumps({"role": role, "pid": os.getpid(), **self.report()}))
+        path = directory / f"{self.role}-{os.getpid()}.json"
+        path.write_bytes(orjson.dumps({"role": self.role, "pid": os.getpid(), **self.report()}))
 
 
 GC_PAUSES = GcPauses()
@@ -115,12 +115,13 @@ def watch_gc(role: str) -> None:
     of the interpreter's shutdown, after it, is not the stream's); report them at exit
     when `LEDGER_GC_REPORT` names a directory."""
     GC_PAUSES.role = role
-    if GC_PAUSES not in gc.callbacks:
-        gc.callbacks.append(GC_PAUSES)
-        atexit.register(_unwatch_gc)
+    if GC_PAUSES in gc.callbacks:
+        return  # watched already: its exit is taken care of
+    gc.callbacks.append(GC_PAUSES)
+    atexit.register(_unwatch_gc)  # runs after the report (atexit: last in, first out)
     report = os.environ.get("LEDGER_GC_REPORT")
     if report:
-        atexit.register(GC_PAUSES.write, Path(report), role)
+        atexit.register(GC_PAUSES.write, Path(report))
 
 
 def _unwatch_gc() -> None:
