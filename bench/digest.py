@@ -6,16 +6,22 @@ import hashlib
 
 import orjson
 
-from projections.state import RequestState
+from projections.state import LEAN_KEY, lean_head_json, request_from_json
 
 
 def canonical(state: bytes) -> bytes:
     """A state's JSON as its model writes it whole (a request's changelog keeps its
-    history's events as they were recorded, defaults left out), its set of event ids
+    history's events as they were recorded, defaults left out, and a lean record only what
+    the indexes read of the rest: it must be that of its history's fold), its set of event ids
     sorted (a set's JSON order is the process's hash order) and its keys sorted."""
     obj = orjson.loads(state)
     if "history" in obj:
-        obj = orjson.loads(RequestState.model_validate_json(state).model_dump_json())
+        request = request_from_json(state)
+        if LEAN_KEY in obj:  # what the indexes read of a lean record: the state's, checked
+            written = {key: obj[key] for key in orjson.loads(lean_head_json(request))}
+            if orjson.loads(lean_head_json(request)) != written:
+                return orjson.dumps({"lean head unlike its history's fold": written})
+        obj = orjson.loads(request.model_dump_json())
     if "event_ids" in obj:  # a customer's (a request's are read off its history)
         obj["event_ids"] = sorted(obj["event_ids"])
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

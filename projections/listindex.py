@@ -25,7 +25,7 @@ from sortedcontainers import SortedList
 from ledger.rules.calendar import BusinessCalendar, Unit, instant_key
 from ledger.rules.policy import Policy
 from projections.metricsindex import policy_tag
-from projections.state import RequestState, newest_of, record_head, with_field
+from projections.state import RequestState, last_decision_of, newest_of, record_head, with_field
 from projections.views import (
     Row,
     calendar_of,
@@ -120,7 +120,7 @@ def entry_of(
     cal = calendar_of(policy)
     decision_due = hold_due = None
     revisit_on = review_on = None
-    last = s["decisions"][-1] if s["decisions"] else None
+    last = last_decision_of(s)
     if status == "open":
         decision_due = cal.deadline(started, days, unit)
     elif last is not None:

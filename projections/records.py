@@ -1,12 +1,13 @@
-"""A request's changelog record: its state's JSON, and what the API's indexes read off it
-(issue 11). Pure.
+"""A request's changelog record: its state's lean JSON (its history after what the indexes
+read of the rest, `projections.state.request_json`), and what the API's indexes read off
+it (issue 11). Pure.
 
 The projector has each request's state in hand as it folds it; the API reads only the
 JSON it is sent. So the projector writes into each record, beside the state, what the
 API would otherwise parse the state back into objects for (~95 us a state): its share
 of the decision metrics (`metricsindex.with_part`) and, while it is open, its latest
 assessment (`listindex.with_assessment`), both under a tag of the policy they were taken with. A
-request state ignores keys it does not have, so a record parses to the state as before;
+request's record reads back to its state (`request_from_json`) whatever keys come first;
 an API under another policy, or a record without them, takes them from the state.
 """
 

@@ -52,6 +52,7 @@ from projections.state import (
     apply_request,
     record_head,
     request_facts,
+    request_from_json,
     request_json,
 )
 from workers.runtime import Fenced, Processor, Table, make_table, send_all, write_tables
@@ -75,10 +76,11 @@ class Projector:
         cache = settings.cache_states
         self.policy: Policy = load_policy(settings.policy_file)
         self.part_tag = policy_tag(self.policy)
-        load, dump = _codec(RequestState)
+        dump = _codec(RequestState)[1]
         self.requests = make_table(
-            settings, requests_name, load, lambda state: self._record(state, dump(state)), cache
-        )
+            settings, requests_name, request_from_json,
+            lambda state: self._record(state, dump(state)), cache,
+        )  # fmt: skip
         self.customers = make_table(settings, customers_name, *_codec(CustomerState), cache)
         self.raised = make_table(settings, f"{prefix}alerts-raised")
         self.days: int = settings.overdue_days

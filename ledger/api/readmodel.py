@@ -3,8 +3,9 @@
 Every API process reads *all* partitions of the request and customer changelogs (no
 consumer group), so each one holds every state, and a global list (pipeline, overdue,
 abuse) is the same whichever worker folded which partition, and however many there
-are. A changelog record is the whole state of one key; the newest wins. Records are
-parsed on first use and cached. It also keeps the newest alerts from `ledger.alerts`.
+are. A changelog record is the state of one key (a request's: its history after a lean
+head, `projections.state.request_json`); the newest wins. Records are parsed (a request's
+history folded again, `request_from_json`) on first use and cached. It also keeps the newest alerts from `ledger.alerts`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from projections.state import (
     newest_of,
     record_head,
     request_as_of,
+    request_from_json,
 )
 from workers.projector import table_names
 from workers.runtime import changelog_topic, rocks_options
@@ -58,8 +60,15 @@ class _Cache:
     for that walk only: the API's memory grows with the JSON, not with every state's
     objects)."""
 
-    def __init__(self, model: Any, keep: int = 2_000, raw: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        keep: int = 2_000,
+        raw: Any = None,
+        load: Callable[[bytes], Any] | None = None,
+    ) -> None:
         self.model = model
+        self.load: Callable[[bytes], Any] = load or model.model_validate_json  # JSON -> state
         self.keep = keep
         self.raw: Any = {} if raw is None else raw  # key -> JSON: `get`, `[]=`, `pop`
         self.parsed: OrderedDict[str, Any] = OrderedDict()
@@ -106,7 +115,7 @@ class _Cache:
             if end >= 0:
                 return raw.count(b'"', start, end) // 2
         try:
-            state = self.model.model_validate_json(raw)
+            state = self.load(raw)
         except ValueError:  # a state this version cannot read: counted when it can
             return 0
         return len(state.event_ids)
@@ -129,7 +138,7 @@ class _Cache:
         if state is not None:
             return state
         raw = self.value(key)
-        return None if raw is None else self.model.model_validate_json(raw)
+        return None if raw is None else self.load(raw)
 
     def all(self) -> _Walk:
         """Every state, parsed as the walk reaches it (`_Walk`)."""
@@ -211,9 +220,10 @@ class ReadModel:
             scratch = settings.data_dir / "api" / f"{prefix}{settings.api_port}"
             self._disks = [_OnDisk(scratch / "requests"), _OnDisk(scratch / "customers")]
         keep = settings.api_cache_states
+        disks: list[Any] = self._disks or [None, None]
         self._caches = {
-            self.requests_topic: _Cache(RequestState, keep, *self._disks[:1]),
-            self.customers_topic: _Cache(CustomerState, keep, *self._disks[1:]),
+            self.requests_topic: _Cache(RequestState, keep, disks[0], request_from_json),
+            self.customers_topic: _Cache(CustomerState, keep, disks[1]),
         }
         self.version = 0  # counts the batches of state changes taken in
         self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by alert_id, oldest first
@@ -278,7 +288,7 @@ class ReadModel:
                 obj = record_head(raw)
                 part = part_from(obj, self._part_tag)  # as the projector took it
                 if part is None:
-                    state = cache.parsed.get(key) or RequestState.model_validate_json(raw)
+                    state = cache.parsed.get(key) or request_from_json(raw)
                     part = part_of(state, self.totals.policy)
                 newest = newest_of(obj)
             except INDEX_ERRORS:

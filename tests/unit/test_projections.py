@@ -349,10 +349,17 @@ def test_a_request_state_stored_with_its_timeline_and_ids_still_loads() -> None:
 
 def test_a_request_written_with_its_recorded_events_spliced_parses_to_its_state() -> None:
     """The projector writes a request's history as the events were recorded, after what
-    its stored JSON held (`request_json`); whatever was appended, the JSON parses to the
-    state, and where the pieces do not add up it is the state's whole JSON."""
+    its stored JSON held (`request_json`), after a lean head (`lean_head_json`); whatever
+    was appended, the JSON reads back to the state (`request_from_json`), and where the
+    pieces do not add up it is the state's whole JSON."""
     from events import encode
-    from projections.state import RequestState, apply_request, request_json
+    from projections.state import (
+        LEAN_KEY,
+        RequestState,
+        apply_request,
+        request_from_json,
+        request_json,
+    )
 
     events = sorted(history(), key=lambda e: (e.occurred_at, str(e.event_id)))
     states: dict[str, tuple[RequestState, bytes]] = {}
@@ -365,7 +372,9 @@ def test_a_request_written_with_its_recorded_events_spliced_parses_to_its_state(
         after = apply_request(before, event)
         assert after is not None
         written = request_json(after, stored, [encode(event)])
-        assert RequestState.model_validate_json(written) == after
+        assert orjson.loads(written)[LEAN_KEY] == 1
+        assert request_from_json(written) == after
+        assert request_from_json(written).model_dump_json() == after.model_dump_json()
         spliced += written != after.model_dump_json().encode()
         states[key] = (after, written)
     assert spliced > 0  # the recorded form leaves defaults out: not the whole JSON again
@@ -380,7 +389,8 @@ def test_a_request_written_with_its_recorded_events_spliced_parses_to_its_state(
     for e in a_events[1:3]:
         state = apply_request(state, e)  # type: ignore[assignment]
     written = request_json(state, stored, [encode(e) for e in a_events[1:3]])
-    assert RequestState.model_validate_json(written) == state
+    assert request_from_json(written) == state
+    assert request_from_json(stored) == first  # a whole state's JSON reads as before
 
     # pieces that do not add up, or a stored JSON of another shape: the whole state
     whole = state.model_dump_json().encode()

@@ -18,13 +18,17 @@ from projections.listindex import entry_of
 from projections.metricsindex import part_from, part_of, policy_tag
 from projections.records import request_record
 from projections.state import (
+    LEAN_KEY,
     NEWEST_KEY,
     RequestState,
+    apply_request,
     head_json,
     newest_event_at,
     newest_of,
     record_head,
     request_facts,
+    request_from_json,
+    request_json,
     with_newest,
 )
 
@@ -131,3 +135,78 @@ def test_a_records_newest_instant_is_written_as_isoformat_writes_it(at: datetime
 @functools.cache
 def one_state() -> RequestState:
     return folded_states()[0]
+
+
+def lean_record(state: RequestState) -> bytes:
+    """The projector's record of a state: its lean JSON (history as recorded), its extras."""
+    events = [orjson.dumps(e.model_dump(mode="json", exclude_defaults=True)) for e in state.history]
+    return request_record(state, request_json(state, None, events), POLICY, TAG)
+
+
+def test_a_lean_record_reads_back_to_its_state_and_as_the_whole_record_does() -> None:
+    """A lean record holds of a state only what the indexes and the alert timer read
+    beside its history: they read the same off it as off the whole state's record, and
+    its history folds back to the same state (`request_from_json`)."""
+    states = folded_states() + folded_states(title='a "lean":1, "history":[ title')
+    assert any(s.status == "decided" and s.decisions[-1].revisit_on for s in states)
+    assert any(s.status == "open" and s.score is not None for s in states)
+    assert any(s.revisits for s in states)
+    lean_bytes = whole_bytes = 0
+    for state in states:
+        lean = lean_record(state)
+        whole = request_record(state, state.model_dump_json().encode(), POLICY, TAG)
+        assert orjson.loads(lean)[LEAN_KEY] == 1 and LEAN_KEY not in orjson.loads(whole)
+        assert request_from_json(lean) == state
+        assert request_from_json(lean).model_dump_json() == state.model_dump_json()
+        assert request_from_json(whole) == state  # a record before lean ones reads as before
+        head, whole_head = record_head(lean), record_head(whole)
+        assert "history" not in head
+        assert entry_of(head, POLICY, 10, "calendar", TAG) == entry_of(
+            whole_head, POLICY, 10, "calendar", TAG
+        )
+        assert entry_of(head, POLICY, 10, "calendar") == entry_of(
+            orjson.loads(state.model_dump_json()), POLICY, 10, "calendar"
+        )
+        assert request_facts(head) == request_facts(whole_head)
+        assert part_from(head, TAG) == part_of(state, POLICY)
+        lean_bytes, whole_bytes = lean_bytes + len(lean), whole_bytes + len(whole)
+    assert lean_bytes < 0.8 * whole_bytes  # what every worker and API keeps per request
+
+
+def test_a_lean_record_of_events_that_arrived_out_of_order_reads_back() -> None:
+    """A request whose events came in another order than they are folded in: its history
+    is kept in fold order, and folds back to the same state."""
+    for state in folded_states()[:60]:
+        if len(state.history) < 3:
+            continue
+        arrived = [state.history[0], *reversed(state.history[1:])]
+        refolded: RequestState | None = None
+        for event in arrived:
+            refolded = apply_request(refolded, event)
+        assert refolded == state
+        assert request_from_json(lean_record(refolded)) == state
+
+
+def test_a_record_that_is_neither_is_refused() -> None:
+    state = one_state()
+    lean = lean_record(state)
+    no_intake = lean[: lean.rfind(b',"history":[')] + b',"history":[]}'
+    for odd in (no_intake, b'{"lean":1,"history":[{"type":"intake"}]}', b"[]", b"{"):
+        try:
+            request_from_json(odd)
+        except ValueError:
+            continue
+        raise AssertionError(f"{odd!r} read as a state")
+
+
+def test_the_benchmarks_digest_checks_a_lean_records_head_against_its_history() -> None:
+    """`bench.digest` reads a lean record's state off its history: a head that says
+    otherwise (what the indexes would read) must not digest as the fold's state."""
+    from bench.digest import canonical
+
+    state = next(s for s in folded_states() if s.status == "open")
+    lean = lean_record(state)
+    assert canonical(lean) == canonical(state.model_dump_json().encode())
+    wrong = lean.replace(b'"status":"open"', b'"status":"decided"', 1)
+    assert request_from_json(wrong) == state
+    assert canonical(wrong) != canonical(state.model_dump_json().encode())
