@@ -5,7 +5,8 @@ consumer group), so each one holds every state, and a global list (pipeline, ove
 abuse) is the same whichever worker folded which partition, and however many there
 are. A changelog record is the state of one key (a request's: its history after a lean
 head, `projections.state.request_json`); the newest wins. Records are parsed (a request's
-history folded again, `request_from_json`) on first use and cached. It also keeps the newest alerts from `ledger.alerts`.
+history folded again, `request_from_json`) on first use and cached. It also keeps the
+newest alerts from `ledger.alerts`.
 """
 
 from __future__ import annotations
