@@ -86,7 +86,7 @@ def _stdlib_offset(value: datetime) -> datetime:
 
 
 # RFC 3339's own shape, as the ledger writes instants and CRMs send them: read by the
-# stdlib, which gives a `datetime.timezone` at once (1.6 -> 0.6 us an instant, the
+# stdlib, which gives a `datetime.timezone` at once (1.6 -> 0.9 us an instant, the
 # offset's replacement by `_stdlib_offset` included; a request state holds ~8)
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)", re.ASCII)
 
