@@ -56,10 +56,15 @@ async def same_metrics(settings: Settings, want: object) -> bool:
 
 
 async def run(
-    settings: Settings, requests: int, projectors: int = 1, regional: bool = False
+    settings: Settings,
+    requests: int,
+    projectors: int = 1,
+    regional: bool = False,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
-    """The figures (`measure`'s): the replay's time, CPU and peak RSS, whether its read
-    model equals the fold, a second API's time to ready, and each restart's time."""
+    """The figures (`measure`'s): the replay's time, CPU (the broker's too, when its
+    process is given) and peak RSS, whether its read model equals the fold, a second
+    API's time to ready, and each restart's time."""
     assert settings.broker is not None
     result: dict[str, Any] = {"requests": requests, "projectors": projectors}
     raw = generate(requests=requests, until=UNTIL, seed=42, regional=regional)
@@ -73,6 +78,7 @@ async def run(
     print(f"{requests:,} requests = {n:,} events in ledger.events; store {settings.store}")
 
     projector_settings = settings.model_copy(update={"worker_role": "projector"})
+    broker_before = 0.0 if broker_pid is None else cpu_s(broker_pid)
     started = time.perf_counter()
     projector = start_worker(projector_settings, settings.broker)
     others = more_projectors(settings, settings.broker, projectors - 1)
@@ -85,6 +91,9 @@ async def run(
                       (projector, *others)], cpu_api=cpu_s(api.pid))  # fmt: skip
         each = "+".join(f"{cpu_s(p.pid):.1f}" for p in (projector, *others))
         cpu = f"CPU projector {each} s, API {cpu_s(api.pid):.1f} s"
+        if broker_pid is not None:
+            result["cpu_broker"] = cpu_s(broker_pid) - broker_before
+            cpu += f", broker {result['cpu_broker']:.1f} s"
         asked = time.perf_counter()
         ok = await same_metrics(settings, want)
         first = time.perf_counter() - asked
@@ -146,7 +155,7 @@ def measure(
             clock=UNTIL.isoformat(),
             store=store,
         )
-        result = asyncio.run(run(settings, requests, projectors, regional))
+        result = asyncio.run(run(settings, requests, projectors, regional, broker.pid))
     result["store"] = store
     return result
 

@@ -525,12 +525,17 @@ class ReadModel:
         the projector wrote into it (`with_part`), or, without one this read model can
         use, the state's to take later (`sum_parts`, which parses it)."""
         old = self._parts.pop(key, None)
+        part = None if state is None else part_from(state, self._part_tag)
+        self._unsummed.discard(key)
+        if state is not None and part is not None and old is not None and part == old[0]:
+            # most events leave a request's share as it was (an intake's and its score's
+            # are the same): the totals are not taken apart and summed again
+            self._parts[key] = (part, newest_of(state))
+            return
         if old is not None:
             self.totals.remove(old[0])
-        self._unsummed.discard(key)
         if state is None:
             return
-        part = part_from(state, self._part_tag)
         if part is None:
             self._unsummed.add(key)
             return

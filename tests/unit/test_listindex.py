@@ -33,6 +33,12 @@ def test_the_index_kept_as_states_change_answers_like_the_views(unit: str, regio
             state = folded.requests[event.data.request_id]
             index.put(state.request_id, state.model_dump_json().encode())
     states = list(folded.requests.values())
+    # changed in place, entry by entry, the lists hold what lists built at once from the
+    # final entries hold: nothing left behind by a change, nothing missing
+    whole = ListIndex(POLICY, 10, unit)  # type: ignore[arg-type]
+    whole.put_entries({s.request_id: whole.entry(s.model_dump_json().encode()) for s in states})
+    for name in ("open", "decision_due", "hold_due", "revisit_on", "review_on"):
+        assert list(getattr(index, name)) == list(getattr(whole, name)), name
     assert index.newest_at is not None and index.covers(UNTIL)
     assert not index.covers(index.newest_at - timedelta(seconds=1))
     for as_of in (UNTIL, UNTIL + timedelta(hours=13), UNTIL + timedelta(days=40)):
