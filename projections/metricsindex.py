@@ -50,6 +50,21 @@ class Part(NamedTuple):
 
 
 def part_of(s: RequestState, policy: Policy) -> Part:
+    """A request's part. Undecided and never revisited (after its intake, after its
+    score: two of a request's usual three events), it adds only its partner's first
+    contact and whether it is a support ask: made at once, where the whole reckoning
+    took ~9 us an event in the projector, which takes every changed request's part."""
+    if not s.decisions and not s.revisits:
+        intake = s.intake
+        partner = intake.partner_id or None
+        support = intake.kind == "vendor_support"
+        returns = (s.opened_at,) if partner else ()
+        return Part((), (), False, 0, 0, 0, (), (), partner, returns, (), support, None)
+    return _reckoned(s, policy)
+
+
+def _reckoned(s: RequestState, policy: Policy) -> Part:
+    """`part_of`, reckoned from every decision and revisit."""
     cal = BusinessCalendar.of(policy.decisions.holidays)
     decisions = list(s.decisions)
     cycle_days: list[int] = []

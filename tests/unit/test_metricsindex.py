@@ -19,6 +19,7 @@ from projections import Folded
 from projections.metricsindex import (
     PART_KEY,
     Counter,
+    _reckoned,
     part_from,
     part_of,
     percentile,
@@ -85,6 +86,24 @@ def test_totals_kept_as_states_change_equal_a_refold(with_parts: bool, regional:
     empty = asyncio.run(model.metrics(UNTIL))
     assert empty is not None and empty["decisions"] == 0 and empty["by_outcome"] == {}
     assert model.totals.partners == {} and model.totals.pilots_closing == []
+
+
+@pytest.mark.parametrize("regional", [False, True], ids=["utc", "crm-offsets"])
+def test_a_part_taken_at_once_is_the_part_reckoned(regional: bool) -> None:
+    """Every state a log passes through (intakes, scores, decisions, revisits, partners
+    and support asks among them) has the part the whole reckoning gives it, the states
+    with no decision and no revisit (`part_of`'s shortcut) among them."""
+    folded = Folded()
+    shortcut = 0
+    for raw in generate(requests=400, until=UNTIL, seed=8, regional=regional):
+        event = from_mapping(raw)
+        folded.apply(event)
+        if event.type == "escalation":
+            continue
+        state = folded.requests[event.data.request_id]
+        assert part_of(state, Policy()) == _reckoned(state, Policy()), state.request_id
+        shortcut += not state.decisions and not state.revisits
+    assert shortcut > 400  # intakes and scores at least
 
 
 def test_a_percentile_of_counts_is_the_percentile_of_the_values() -> None:
