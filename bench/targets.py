@@ -87,7 +87,9 @@ def rows(e2e_n: int, e2e: dict[str, Any], got: dict[str, Any]) -> list[str]:
             f"| 2. replay of a wiped projection < 60 s at 1 M events ({events:,} events, "
             f"{run['store']}, {run['projectors']} projector process(es)) | {run['replay_s']:.1f} s "
             f"({events / run['replay_s']:,.0f}/s; CPU projector {cpu} s, API "
-            f"{run['cpu_api']:.1f} s) | {verdict} |"
+            f"{run['cpu_api']:.1f} s"
+            + (f", broker {run['cpu_broker']:.1f} s" if "cpu_broker" in run else "")
+            + f") | {verdict} |"
         )
     by_id = [p for p in routes if p.startswith(("/requests/", "/customers/")) and "abuse" not in p]
     worst = max(routes[p]["p99"] for p in by_id)

@@ -174,3 +174,12 @@ async def test_each_clients_connection_is_open_before_the_clock() -> None:
     assert not any(new_connection[10:])  # no timed request opened a connection
     # the warm-up is not the route timed: a walk shared by its askers would be left done
     assert asked == ["/pipeline"] * 50
+
+
+def test_a_replay_row_names_the_broker_cpu_when_measured() -> None:
+    e2e, got = figures()
+    (row,) = [r for r in targets.rows(300_000, e2e, got) if r.startswith("| 2.")]
+    assert "CPU projector 21.0 s, API 9.0 s)" in row
+    got["replay"]["cpu_broker"] = 2.25
+    (row,) = [r for r in targets.rows(300_000, e2e, got) if r.startswith("| 2.")]
+    assert "CPU projector 21.0 s, API 9.0 s, broker 2.2 s)" in row
